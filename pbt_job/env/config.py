@@ -27,6 +27,24 @@ class PerKind(BaseModel):
         return getattr(self, kind)
 
 
+class Slots(PerKind):
+    """Agent slots per kind; a kind with 0 slots has no agents and no policy."""
+
+    type_1_predator: int = Field(50, ge=0)
+    type_2_predator: int = Field(0, ge=0)
+    type_1_prey: int = Field(40, ge=0)
+    type_2_prey: int = Field(40, ge=0)
+
+
+class InitialAgents(PerKind):
+    """Agents alive at reset per kind."""
+
+    type_1_predator: int = Field(12, ge=0)
+    type_2_predator: int = Field(0, ge=0)
+    type_1_prey: int = Field(10, ge=0)
+    type_2_prey: int = Field(10, ge=0)
+
+
 class EnvConfig(BaseModel):
     """Rules and sizes of one predator-prey-grass game.
 
@@ -38,12 +56,12 @@ class EnvConfig(BaseModel):
     width: int = Field(25, ge=2, le=1024, description="Grid cells along x (bounded, no wrap-around).")
     height: int = Field(25, ge=2, le=1024, description="Grid cells along y (bounded, no wrap-around).")
     max_steps: int = Field(1000, ge=1, description="Steps after which the episode is truncated.")
-    slots: PerKind = Field(
-        PerKind(type_1_predator=50, type_2_predator=0, type_1_prey=40, type_2_prey=40),
+    slots: Slots = Field(
+        default_factory=Slots,
         description="Agent slots per kind: the ids type_<k>_<role>_<i> with i < slots.",
     )
-    initial_agents: PerKind = Field(
-        PerKind(type_1_predator=12, type_2_predator=0, type_1_prey=10, type_2_prey=10),
+    initial_agents: InitialAgents = Field(
+        default_factory=InitialAgents,
         description="Agents alive at reset per kind (slots 0..n-1).",
     )
     obs_range_predator: int = Field(7, ge=1, description="Side of a predator's square observation window (odd).")

@@ -114,13 +114,14 @@ class PredPreyGrassEnv(ParallelEnv):
         acting, moves = self._acting(actions)
         before = state.alive_slots()
         rewards = np.zeros(len(self.possible_agents))
-        rules.lose_step_energy(state, cfg, np.array(acting, dtype=np.int64), rewards)
-        rules.grow_older(state)
+        acting_slots = np.array(acting, dtype=np.int64)
+        rules.lose_step_energy(state, cfg, acting_slots, rewards)
+        rules.grow_older(state, acting_slots)
         rules.regrow_grass(state, cfg)
         rules.move(state, cfg, acting, moves)
         dead = rules.resolve_encounters(state, cfg, rewards)
         rules.remove_dead(state, cfg, dead)
-        born = rules.reproduce(state, cfg, self._rng, rewards)
+        born = rules.reproduce(state, cfg, self._rng, rewards, dead)
         state.step += 1
 
         over = rules.is_over(state)

@@ -15,8 +15,8 @@ import numpy as np
 from pbt_job.env.config import EnvConfig
 from pbt_job.env.state import EMPTY, PREDATOR, PREY, GameState, kind_of
 
-_NEIGHBOURS = ((0, -1), (0, 1), (-1, 0), (1, 0))
-"""Child placement order: up, down, left, right (y grows downwards)."""
+_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+"""Child placement order "up, down, left, right" as the reference writes it: x is its row index."""
 
 
 def lose_step_energy(state: GameState, cfg: EnvConfig, acting: np.ndarray, rewards: np.ndarray) -> None:
@@ -26,9 +26,9 @@ def lose_step_energy(state: GameState, cfg: EnvConfig, acting: np.ndarray, rewar
     rewards[acting] += np.where(is_predator, cfg.step_reward_predator, cfg.step_reward_prey)
 
 
-def grow_older(state: GameState) -> None:
-    """Phase 2: every living agent ages by one step."""
-    state.age[state.alive] += 1
+def grow_older(state: GameState, acting: np.ndarray) -> None:
+    """Phase 2: every acting agent ages by one step (as in the reference)."""
+    state.age[acting] += 1
 
 
 def regrow_grass(state: GameState, cfg: EnvConfig) -> None:
@@ -114,18 +114,22 @@ def remove_dead(state: GameState, cfg: EnvConfig, dead: np.ndarray) -> None:
 
 
 def reproduce(
-    state: GameState, cfg: EnvConfig, rng: np.random.Generator, rewards: np.ndarray
+    state: GameState, cfg: EnvConfig, rng: np.random.Generator, rewards: np.ndarray, just_died: np.ndarray
 ) -> list[int]:
     """Phase 7: each eligible survivor has a child with the configured chance.
 
     Eligible: energy >= the role's reproduction threshold and at least
     `reproduction_cooldown_steps` since the last child. The child's type flips
     (1 <-> 2) with the mutation rate; it takes the lowest free slot of its kind
-    (see `GameState.lowest_free_slot`), is born in the first free neighbour cell (up,
+    (see `GameState.lowest_free_slot`; a slot freed in this very step only reopens
+    in the next one, so that no step reports two lives under one id), is born in the first free neighbour cell (up,
     down, left, right; free means no agent of either role) or else a random free
     cell, with initial energy x `child_energy_efficiency`; the parent pays its
     initial energy. The parent is rewarded even if no slot is free; then no child
-    is born, the parent keeps its energy, and its cooldown restarts.
+    is born and the parent keeps its energy.
+
+    Quirk: without a free slot the cooldown does not restart (as in the
+    reference), so an eligible parent can be rewarded again in the next step.
 
     Quirk: prey children flip with `mutation_rate_predator` by default
     (`quirk_prey_child_uses_predator_mutation_rate`).
@@ -134,6 +138,8 @@ def reproduce(
         The newborns' slots, in birth order.
     """
     layout = state.layout
+    unavailable = state.closed.copy()
+    unavailable[just_died] = True
     born: list[int] = []
     for parent in state.alive_slots().tolist():
         role = int(layout.role[parent])
@@ -154,13 +160,13 @@ def reproduce(
         parent_type = int(layout.type_[parent])
         child_type = 3 - parent_type if rng.random() < rate else parent_type
         rewards[parent] += reward
-        state.last_reproduction[parent] = state.step
-        child = state.lowest_free_slot(kind_of(child_type, role))
+        child = state.lowest_free_slot(kind_of(child_type, role), unavailable)
         if child is None:
             continue
         cell = _free_cell_near(state, cfg, rng, int(state.x[parent]), int(state.y[parent]))
         if cell is None:
             continue
+        state.last_reproduction[parent] = state.step
         state.energy[parent] -= initial
         state.place(child, cell[0], cell[1], initial * cfg.child_energy_efficiency)
         state.last_reproduction[child] = state.step

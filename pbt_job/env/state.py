@@ -123,11 +123,12 @@ class GameState:
         self.grass_at[:] = EMPTY
         self.grass_at[self.grass_x, self.grass_y] = np.arange(len(xs))
 
-    def lowest_free_slot(self, kind: str) -> int | None:
-        """The lowest slot of `kind` that is neither alive nor closed, if any."""
+    def lowest_free_slot(self, kind: str, unavailable: np.ndarray | None = None) -> int | None:
+        """The lowest slot of `kind` that is not alive and not `unavailable` (default: `closed`)."""
+        unavailable = self.closed if unavailable is None else unavailable
         start = self.layout.kind_offset[kind]
         span = slice(start, start + self.layout.kind_count[kind])
-        free = np.flatnonzero(~self.alive[span] & ~self.closed[span])
+        free = np.flatnonzero(~self.alive[span] & ~unavailable[span])
         return int(start + free[0]) if len(free) else None
 
     def alive_slots(self) -> np.ndarray:

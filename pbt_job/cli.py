@@ -1,0 +1,121 @@
+"""`pbt-job`: train a PBT population, validate a config, report on a run.
+
+Exit codes: 0 success; 2 bad input (config, flags, storage unreachable or
+credentials refused), with one line naming the field or the fix; 1 training failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 like every other bad input."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_BAD_INPUT, f"pbt-job: error: {message} (see pbt-job {self.prog.split()[-1]} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pbt-job", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a population (or resume one)")
+    train.add_argument("--config", required=True, help="YAML job configuration (see configs/)")
+    train.add_argument("--storage", default="./runs", help="a folder or s3://bucket/prefix (default ./runs)")
+    train.add_argument("--name", help="run name (default: the config's name)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--metrics-port", type=int, help="Prometheus exporter port (0 disables)")
+    train.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
+                       help="auto: continue an existing run; never: refuse one; must: require one")
+
+    validate = commands.add_parser("validate", help="check a config (and storage) without training")
+    validate.add_argument("--config", required=True, help="YAML job configuration")
+    validate.add_argument("--storage", help="also check this folder or s3://bucket/prefix is writable")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from pbt_job.training.config import load_config
+
+    overrides = list(args.set)
+    if getattr(args, "metrics_port", None) is not None:
+        overrides.append(f"metrics_port={args.metrics_port}")
+    return load_config(args.config, overrides)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from pbt_job.storage import check_storage, parse_storage_uri
+
+    job = _load(args)
+    print(f"config {args.config}: valid (population {job.pbt.population}, "
+          f"mutations {', '.join(job.pbt.mutations)}, policies {', '.join(job.env.policies)})")
+    if args.storage:
+        for line in check_storage(parse_storage_uri(args.storage)):
+            print(f"storage: {line}")
+    return EXIT_OK
+
+
+def _progress_reporter(job):
+    from ray import tune
+
+    from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY
+    from pbt_job.training.explore import mutation_space, yaml_name
+
+    return tune.CLIReporter(
+        metric_columns={"training_iteration": "iter", job.pbt.metric: "metric", ENV_STEPS_PER_S_KEY: "env steps/s"},
+        parameter_columns={key: yaml_name(key) for key in mutation_space(job.pbt)},
+        max_report_frequency=15,
+        sort_by_metric=True,
+        metric=job.pbt.metric,
+        mode=job.pbt.mode,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pbt_job.storage import parse_storage_uri
+    from pbt_job.training.run import train
+
+    job = _load(args)
+    location = parse_storage_uri(args.storage)
+    name = args.name or job.name
+    outcome = train(job, location, name, resume=args.resume, progress_reporter=_progress_reporter(job))
+    summary = outcome.summary
+    print(f"run {outcome.run_uri}: best trial {summary['best_trial']} {summary['metric']}={summary['best_metric']} "
+          f"after {summary['exploits']} exploits, {summary['env_steps_total']} env steps in {summary['wall_time_s']:.0f} s")
+    print(f"best hyperparameters: {json.dumps(summary['best_hyperparameters'])}")
+    if outcome.errors:
+        print(f"pbt-job: {outcome.errors} trial(s) failed; see {outcome.run_uri}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("ray", "filelock", "urllib3", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+    from pbt_job.storage import StorageError
+    from pbt_job.training.config import ConfigError
+    from pbt_job.training.run import ResumeError
+
+    try:
+        return _train(args) if args.command == "train" else _validate(args)
+    except (ConfigError, StorageError, ResumeError) as err:
+        print(f"pbt-job: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

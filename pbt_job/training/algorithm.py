@@ -1,0 +1,131 @@
+"""RLlib PPO set up for the game, and `PBTPPO`: PPO as a safe member of a PBT population.
+
+`PBTPPO` differs from PPO in three ways, each for a PBT reason:
+
+* After loading a checkpoint it re-applies its own config's learning rate, entropy
+  and KL coefficients to every learner. Loading the donor's checkpoint restores the
+  donor's optimizer state, param_groups' lr included, and RLlib only resets the lr
+  after the next full update: the recipient's first iteration would train with the
+  donor's lr (ray-project/ray#62173; related #54755, #53831).
+* Each result carries `pbt_score` (see `score.py`), defined from the first iteration.
+* The first result after a restore carries `restored_hyperparameters`: the lr,
+  entropy and clip coefficients the learners will really use, so tests and the
+  lineage can check the explored values are the ones trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.utils.schedules.scheduler import Scheduler
+
+from pbt_job.training.config import SCORE_KEY, JobConfig
+from pbt_job.training.model import module_spec
+from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
+from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
+
+logger = logging.getLogger(__name__)
+
+RESTORED_KEY = "restored_hyperparameters"
+ENV_STEPS_PER_S_KEY = "env_steps_per_s"
+
+
+def build_ppo_config(job: JobConfig) -> PPOConfig:
+    """The trial's base `PPOConfig`; PBT overrides the mutated keys per trial."""
+    ppo, res = job.ppo, job.resources
+    policies = job.env.policies
+    spec = module_spec(ppo.conv_channels, ppo.hidden_sizes)
+    return (
+        PPOConfig()
+        # Discrete moves need no unsquashing; the connector would also look up each
+        # per-life agent id in the env's fixed space dict and fail.
+        .environment(
+            RLlibPredPreyGrass,
+            env_config=job.env.model_dump(mode="json"),
+            normalize_actions=False,
+            clip_actions=False,
+        )
+        .env_runners(
+            num_env_runners=res.num_env_runners,
+            num_envs_per_env_runner=res.num_envs_per_env_runner,
+            num_cpus_per_env_runner=res.num_cpus_per_env_runner,
+            rollout_fragment_length=res.rollout_fragment_length,
+        )
+        .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
+        .resources(num_cpus_for_main_process=res.num_cpus_per_trial)
+        .training(
+            lr=ppo.lr,
+            gamma=ppo.gamma,
+            lambda_=ppo.lambda_,
+            clip_param=ppo.clip_param,
+            vf_loss_coeff=ppo.vf_loss_coeff,
+            vf_clip_param=ppo.vf_clip_param,
+            entropy_coeff=ppo.entropy_coeff,
+            kl_coeff=ppo.kl_coeff,
+            kl_target=ppo.kl_target,
+            num_epochs=ppo.num_epochs,
+            minibatch_size=ppo.minibatch_size,
+            train_batch_size_per_learner=ppo.train_batch_size_per_learner,
+        )
+        .multi_agent(policies=set(policies), policy_mapping_fn=policy_mapping_fn)
+        .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={p: spec for p in policies}))
+        .callbacks(SampledRewardCallback)
+        .debugging(seed=job.pbt.seed)
+    )
+
+
+def reapply_config_hyperparameters(learner: Any, **kwargs: Any) -> dict[str, dict[str, float]]:
+    """Make a learner train with its own config after a state load; runs on each learner.
+
+    Returns:
+        Per module: the optimizer lr, entropy coefficient and clip parameter now in force.
+    """
+    applied = {}
+    for module_id in list(learner.module.keys()):
+        module_config = learner.config.get_config_for_module(module_id)
+        lr = None
+        for _, optimizer in learner.get_optimizers_for_module(module_id):
+            schedule = Scheduler(fixed_value_or_schedule=module_config.lr, framework="torch", device=learner._device)
+            learner._optimizer_lr_schedules[optimizer] = schedule
+            learner._set_optimizer_lr(optimizer, schedule.get_current_value())
+            lr = float(learner._get_optimizer_lr(optimizer))
+        for schedules in ("entropy_coeff_schedulers_per_module", "curr_kl_coeffs_per_module"):
+            getattr(learner, schedules).pop(module_id, None)  # rebuilt from the config on next access
+        entropy = learner.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        applied[module_id] = {
+            "lr": lr,
+            "entropy_coeff": float(entropy),
+            "clip_param": float(module_config.clip_param),
+        }
+    return applied
+
+
+class PBTPPO(PPO):
+    """PPO whose restores keep the trial's own hyperparameters and whose results carry `pbt_score`."""
+
+    def setup(self, config: Any) -> None:
+        super().setup(config)
+        self._score = EpisodeReturnScore(max_steps=int(self.config.env_config.get("max_steps", 1000)))
+        self._restored: dict[str, Any] | None = None
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        super().load_checkpoint(checkpoint_dir)
+        applied = [call.get() for call in self.learner_group.foreach_learner(reapply_config_hyperparameters)]
+        self._restored = applied[0]
+        logger.debug("[restore] hyperparameters re-applied after loading %s: %s", checkpoint_dir, self._restored)
+
+    def step(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = super().step()
+        seconds = time.perf_counter() - started
+        env_runners = result.get("env_runners", {})
+        result[SCORE_KEY] = self._score.update(env_runners)
+        result[ENV_STEPS_PER_S_KEY] = env_runners.get("num_env_steps_sampled", 0) / seconds
+        if self._restored is not None:
+            result[RESTORED_KEY] = self._restored
+            self._restored = None
+        return result

@@ -1,0 +1,334 @@
+"""The job's YAML configuration: game, PPO, resources, PBT, stop, checkpoints.
+
+Frozen pydantic models with a description on every field; defaults follow the
+reference set-up in `shared/spec/predpreygrass.md`, so `configs/*.yaml` only
+override. `load_config` turns a YAML file plus `--set KEY=VALUE` overrides into a
+`JobConfig`, and every mistake into a `ConfigError` that names the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pbt_job.env import EnvConfig
+
+DEFAULT_METRICS_PORT = 9464
+"""Clear of Ray's metrics (8080) and node-exporter (9100)."""
+
+SCORE_KEY = "pbt_score"
+"""Result key of the default PBT metric, see `pbt_job.training.score`."""
+
+
+class ConfigError(ValueError):
+    """A bad user input; the message names the field and the fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PPOSettings(_Frozen):
+    """PPO hyperparameters; those listed under `pbt.mutations` are the population's starting points."""
+
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate.")
+    gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
+    lambda_: float = Field(0.95, ge=0, le=1, alias="lambda", description="GAE lambda.")
+    clip_param: float = Field(0.3, gt=0, description="PPO surrogate clip range.")
+    vf_loss_coeff: float = Field(1.0, ge=0, description="Weight of the value loss.")
+    vf_clip_param: float = Field(10.0, gt=0, description="Clip range of the value loss.")
+    entropy_coeff: float = Field(0.01, ge=0, description="Weight of the entropy bonus.")
+    kl_coeff: float = Field(0.2, ge=0, description="Initial KL penalty coefficient.")
+    kl_target: float = Field(0.01, gt=0, description="Target KL divergence.")
+    num_epochs: int = Field(10, ge=1, description="SGD passes over each train batch.")
+    minibatch_size: int = Field(256, ge=1, description="SGD minibatch size (agent steps).")
+    train_batch_size_per_learner: int = Field(1024, ge=1, description="Agent steps per train batch and learner.")
+    conv_channels: list[int] | None = Field(
+        None, description="Channels of the 3x3 conv layers; null = the spec's 16, 32, 64, 64... with (R-1)/2 layers."
+    )
+    hidden_sizes: list[int] | None = Field(
+        None, description="Dense layers after the convs; null = [256, 256] ([384, 256] above 20 actions)."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> PPOSettings:
+        if self.train_batch_size_per_learner < self.minibatch_size:
+            raise ValueError(
+                f"train_batch_size_per_learner ({self.train_batch_size_per_learner}) must be >= "
+                f"minibatch_size ({self.minibatch_size})"
+            )
+        return self
+
+
+MUTABLE = ("lr", "gamma", "lambda", "clip_param", "vf_loss_coeff", "entropy_coeff", "kl_coeff",
+           "num_epochs", "minibatch_size", "train_batch_size_per_learner")
+"""PPO settings PBT may mutate (YAML names)."""
+
+INTEGER_SETTINGS = ("num_epochs", "minibatch_size", "train_batch_size_per_learner")
+
+
+class Mutation(_Frozen):
+    """The domain PBT explores for one hyperparameter.
+
+    `choice` picks from `values` (explore moves to a neighbouring value),
+    `uniform`/`loguniform` sample in [low, high] (explore scales by 0.8 or 1.2),
+    `randint` samples an integer in [low, high].
+    """
+
+    type: Literal["choice", "uniform", "loguniform", "randint"] = Field(description="Kind of domain.")
+    values: list[float] | None = Field(None, description="Candidates of a `choice` domain.")
+    low: float | None = Field(None, description="Lower bound of a range domain.")
+    high: float | None = Field(None, description="Upper bound of a range domain (inclusive for randint).")
+
+    @model_validator(mode="after")
+    def _check_domain(self) -> Mutation:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice mutation needs a non-empty `values` list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a choice mutation takes `values`, not `low`/`high`")
+            return self
+        if self.values is not None:
+            raise ValueError(f"a {self.type} mutation takes `low` and `high`, not `values`")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} mutation needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError(f"inverted range: low ({self.low}) must be < high ({self.high})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform mutation needs low > 0, got {self.low}")
+        if self.type == "randint" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError("a randint mutation needs integer `low` and `high`")
+        return self
+
+    def bounds(self) -> tuple[float, float]:
+        return (min(self.values), max(self.values)) if self.type == "choice" else (self.low, self.high)
+
+
+def _reference_mutations() -> dict[str, Mutation]:
+    return {
+        "lr": Mutation(type="choice", values=[1e-3, 5e-4, 1e-4]),
+        "clip_param": Mutation(type="uniform", low=0.1, high=0.3),
+        "entropy_coeff": Mutation(type="choice", values=[0.0, 1e-3, 5e-3]),
+        "num_epochs": Mutation(type="randint", low=10, high=30),
+        "minibatch_size": Mutation(type="choice", values=[128, 256, 512]),
+        "train_batch_size_per_learner": Mutation(type="choice", values=[1024, 2048]),
+    }
+
+
+class PBTConfig(_Frozen):
+    """Population Based Training (Jaderberg et al. 2017, https://arxiv.org/abs/1711.09846)."""
+
+    scheduler: Literal["pbt", "pb2"] = Field("pbt", description="Tune scheduler: PopulationBasedTraining or PB2.")
+    population: int = Field(4, ge=2, description="Trials in the population (PBT needs at least two).")
+    perturbation_interval: int = Field(3, ge=1, description="Training iterations between exploit/explore rounds.")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="Share of the population copied from/to.")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="Chance explore resamples instead of perturbing.")
+    metric: str = Field(SCORE_KEY, min_length=1, description="Result key ranked by PBT (default: see `score`).")
+    mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower metric is better.")
+    mutations: dict[str, Mutation] = Field(
+        default_factory=_reference_mutations, description="Hyperparameters to explore and their domains."
+    )
+    max_train_batch_size: int = Field(2048, ge=2, description="Explore keeps train batch <= this.")
+    min_epochs: int = Field(1, ge=1, description="Explore keeps num_epochs >= this.")
+    max_epochs: int = Field(30, ge=1, description="Explore keeps num_epochs <= this.")
+    synch: bool = Field(False, description="Synchronous PBT (waits for the whole population; fragile on failure).")
+    seed: int = Field(0, description="Seed of the population's sampling and of every trial.")
+
+    @model_validator(mode="after")
+    def _check_mutations(self) -> PBTConfig:
+        if not self.mutations:
+            raise ValueError("mutations must name at least one hyperparameter, e.g. lr")
+        for name, mutation in self.mutations.items():
+            if name not in MUTABLE:
+                raise ValueError(f"mutations.{name} is not a mutable PPO setting; choose from {', '.join(MUTABLE)}")
+            if name in INTEGER_SETTINGS and mutation.type in ("uniform", "loguniform"):
+                raise ValueError(f"mutations.{name} is an integer: use type choice or randint")
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) must be <= max_epochs ({self.max_epochs})")
+        minibatch = self.mutations.get("minibatch_size")
+        if minibatch is not None and 2 * minibatch.bounds()[0] > self.max_train_batch_size:
+            raise ValueError(
+                f"mutations.minibatch_size: the smallest minibatch ({minibatch.bounds()[0]:g}) x 2 exceeds "
+                f"max_train_batch_size ({self.max_train_batch_size}); explore could not keep train batch >= 2 x minibatch"
+            )
+        return self
+
+
+class ResourcesConfig(_Frozen):
+    """What each trial asks Ray for."""
+
+    num_env_runners: int = Field(0, ge=0, description="Remote env runners per trial (0 samples in the trial itself).")
+    num_envs_per_env_runner: int = Field(1, ge=1, description="Vectorised games per env runner.")
+    rollout_fragment_length: int | Literal["auto"] = Field("auto", description="Env steps per sample call.")
+    num_cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of a trial's main process (and local learner).")
+    num_cpus_per_env_runner: float = Field(1.0, gt=0, description="CPUs per remote env runner.")
+    num_learners: int = Field(0, ge=0, description="Remote learners per trial (0: learn in the main process).")
+    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPUs per learner (the main process when 0 learners).")
+
+
+class StopConfig(_Frozen):
+    """When a trial stops; at least one criterion."""
+
+    training_iteration: int | None = Field(None, ge=1, description="Iterations per trial.")
+    time_total_s: float | None = Field(None, gt=0, description="Wall time per trial, seconds.")
+
+    @model_validator(mode="after")
+    def _check_any(self) -> StopConfig:
+        if self.training_iteration is None and self.time_total_s is None:
+            raise ValueError("set training_iteration and/or time_total_s, or trials never stop")
+        return self
+
+
+class CheckpointsConfig(_Frozen):
+    """Checkpoint cadence and retention; exploits pin what they still need."""
+
+    frequency: int = Field(1, ge=0, description="Checkpoint every N iterations (0: only for exploits and at end).")
+    num_to_keep: int | None = Field(2, ge=1, description="Checkpoints kept per trial besides pinned ones; null keeps all.")
+    at_end: bool = Field(True, description="Checkpoint each trial when it stops.")
+
+
+class JobConfig(_Frozen):
+    """One pbt-job run."""
+
+    name: str = Field("pbt-predpreygrass", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Run name.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="The game.")
+    ppo: PPOSettings = Field(default_factory=PPOSettings, description="PPO hyperparameters.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-trial resources.")
+    pbt: PBTConfig = Field(default_factory=PBTConfig, description="Population Based Training.")
+    stop: StopConfig = Field(default_factory=lambda: StopConfig(training_iteration=30), description="Stop criteria.")
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig, description="Checkpoints.")
+    metrics_port: int = Field(
+        DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus exporter port on the driver (0 disables)."
+    )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> JobConfig:
+        iterations = self.stop.training_iteration
+        if iterations is not None and self.pbt.perturbation_interval >= iterations:
+            raise ValueError(
+                f"pbt.perturbation_interval ({self.pbt.perturbation_interval}) must be < stop.training_iteration "
+                f"({iterations}), or no exploit ever happens"
+            )
+        self._check_initial_population()
+        return self
+
+    def _check_initial_population(self) -> None:
+        """Every trial drawn from the mutation domains must already keep explore's constraints."""
+        mutations, pbt = self.pbt.mutations, self.pbt
+
+        def span(name: str) -> tuple[float, float]:
+            value = getattr(self.ppo, name)
+            return mutations[name].bounds() if name in mutations else (value, value)
+
+        largest_minibatch = span("minibatch_size")[1]
+        smallest_train, largest_train = span("train_batch_size_per_learner")
+        if {"minibatch_size", "train_batch_size_per_learner"} & mutations.keys():
+            if smallest_train < 2 * largest_minibatch:
+                raise ValueError(
+                    f"pbt.mutations: a trial could start with train_batch_size_per_learner {smallest_train:g} < "
+                    f"2 x minibatch_size {largest_minibatch:g}; narrow the domains (or ppo values)"
+                )
+            if largest_train > pbt.max_train_batch_size:
+                raise ValueError(
+                    f"pbt.mutations: train_batch_size_per_learner can reach {largest_train:g} > "
+                    f"pbt.max_train_batch_size {pbt.max_train_batch_size}"
+                )
+        low, high = span("num_epochs")
+        if "num_epochs" in mutations and (low < pbt.min_epochs or high > pbt.max_epochs):
+            raise ValueError(
+                f"pbt.mutations.num_epochs: domain [{low:g}, {high:g}] must lie within "
+                f"[pbt.min_epochs, pbt.max_epochs] = [{pbt.min_epochs}, {pbt.max_epochs}]"
+            )
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<config>"
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling against configs/reference.yaml"
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["pbt.population=6", ...]` -> nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with a dotted key, e.g. --set pbt.population=6")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {part} is set as a value elsewhere")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return nested
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge `overrides` into `base`; a key that is neither in the file nor a model field is an error later."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check_override_keys(overrides: dict[str, Any], model: type[BaseModel], prefix: str = "") -> None:
+    """`--set` may only name keys the configuration has (a typo must not be silently added)."""
+    fields = {f.alias or name: f for name, f in model.model_fields.items()}
+    for key, value in overrides.items():
+        field = fields.get(key)
+        if field is None:
+            raise ConfigError(f"--set {prefix}{key}: no such key; known keys here: {', '.join(sorted(fields))}")
+        annotation = field.annotation
+        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _check_override_keys(value, annotation, f"{prefix}{key}.")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML file (or the defaults when `path` is None) and apply `--set` overrides.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a field is invalid; the
+            message names the file and the field.
+    """
+    source = "defaults"
+    data: Any = {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot read the file ({err.strerror or err})") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (env, ppo, pbt, ...)")
+    extra = parse_overrides(overrides or [])
+    _check_override_keys(extra, JobConfig)
+    try:
+        return JobConfig.model_validate(_merge(data, extra))
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_validation_error(err)}") from None
+
+
+def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
+    """JSON-safe dict of the whole configuration (YAML names)."""
+    return cfg.model_dump(mode="json", by_alias=True)
+

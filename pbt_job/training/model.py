@@ -1,0 +1,74 @@
+"""The convolutional policy/value network of the reference set-up, as an RLlib RLModule.
+
+Spec: 3x3 stride-1 unpadded convolutions, (R - 1) / 2 of them so the R x R window
+shrinks to 1 x 1, with channels 16, 32, 64, 64, ...; dense layers [256, 256]
+([384, 256] above 20 actions); ReLU. Policy and value heads share the encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+
+def default_conv_channels(window: int) -> list[int]:
+    """16, 32, 64, 64, ... with one layer per ring of the window."""
+    return [min(16 * 2**i, 64) for i in range((window - 1) // 2)]
+
+
+def default_hidden_sizes(n_actions: int) -> list[int]:
+    return [384, 256] if n_actions > 20 else [256, 256]
+
+
+class GridPPOModule(TorchRLModule, ValueFunctionAPI):
+    """Conv encoder over the (4, R, R) observation window, then policy logits and a value.
+
+    `model_config` keys: `conv_channels` and `hidden_sizes` (None: the spec's defaults).
+    """
+
+    def setup(self) -> None:
+        channels, window, _ = self.observation_space.shape
+        n_actions = int(self.action_space.n)
+        conv_channels = self.model_config.get("conv_channels") or default_conv_channels(window)
+        hidden_sizes = self.model_config.get("hidden_sizes") or default_hidden_sizes(n_actions)
+        layers: list[nn.Module] = []
+        for out in conv_channels:
+            layers += [nn.Conv2d(channels, out, kernel_size=3), nn.ReLU()]
+            channels, window = out, window - 2
+            if window < 1:
+                raise ValueError(f"conv_channels has {len(conv_channels)} layers, too many for the window")
+        layers.append(nn.Flatten())
+        width = channels * window * window
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self._encoder = nn.Sequential(*layers)
+        self._policy = nn.Linear(width, n_actions)
+        self._value = nn.Linear(width, 1)
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self._policy(self._encoder(batch[Columns.OBS]))}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        embeddings = self._encoder(batch[Columns.OBS])
+        return {Columns.ACTION_DIST_INPUTS: self._policy(embeddings), Columns.EMBEDDINGS: embeddings}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        if embeddings is None:
+            embeddings = self._encoder(batch[Columns.OBS])
+        return self._value(embeddings).squeeze(-1)
+
+
+def module_spec(conv_channels: list[int] | None, hidden_sizes: list[int] | None) -> RLModuleSpec:
+    """One spec, copied by RLlib for every policy; spaces come from the env per policy."""
+    return RLModuleSpec(
+        module_class=GridPPOModule,
+        model_config={"conv_channels": conv_channels, "hidden_sizes": hidden_sizes},
+    )

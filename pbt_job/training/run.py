@@ -1,0 +1,205 @@
+"""One pbt-job run: storage checks, the Tuner (new or restored), and the run's summary.
+
+`train` is what `pbt-job train` calls. It never starts a trial before the storage
+is proven writable, decides between a new run and a resume by `--resume`, and ends
+by writing `summary.json` and the best trial's per-policy weights to `best/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import pyarrow.fs
+import ray
+from ray import tune
+
+from pbt_job.storage import StorageLocation, check_storage, filesystem
+from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY, PBTPPO, build_ppo_config
+from pbt_job.training.config import JobConfig, config_to_dict
+from pbt_job.training.explore import explore_fn, mutation_space, yaml_name
+from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
+from pbt_job.training.scheduler import LineagePBT, PinReleaser
+
+logger = logging.getLogger(__name__)
+
+ResumeMode = Literal["auto", "never", "must"]
+MAX_TRIAL_FAILURES = 3
+MODULES_IN_CHECKPOINT = "learner_group/learner/rl_module"
+
+
+class ResumeError(ValueError):
+    """`--resume` contradicts what is in the run folder."""
+
+
+@dataclass
+class TrainOutcome:
+    summary: dict[str, Any]
+    run_uri: str
+    resumed: bool
+    errors: int
+
+
+class RunRecorder(tune.Callback):
+    """Keeps per-trial ledgers (iteration, own env steps, config, metric) in `pbt_state.json`."""
+
+    def __init__(self, run_files: RunFiles, metric: str, mutated: list[str]):
+        self.run_files = run_files
+        self.metric = metric
+        self.mutated = mutated
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
+        ledger = self.run_files.ledger(trial.trial_id)
+        ledger.iteration = int(result.get("training_iteration", 0))
+        ledger.env_steps_total += int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
+        ledger.config = {yaml_name(k): trial.config.get(k) for k in self.mutated}
+        ledger.metric = _lookup(result, self.metric)
+        self.run_files.save_ledgers()
+
+
+def _lookup(result: dict[str, Any], dotted: str) -> float | None:
+    """`result["a"]["b"]` for the flattened key `a/b`."""
+    node: Any = result
+    for part in dotted.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def param_space(job: JobConfig) -> dict[str, Any]:
+    """The PPO config as Tune's param space, mutated keys drawn from their domains."""
+    space = build_ppo_config(job).to_dict()
+    space.update(mutation_space(job.pbt))
+    return space
+
+
+def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT:
+    pbt = job.pbt
+    if pbt.scheduler == "pb2":
+        raise NotImplementedError("pbt.scheduler: pb2 is not available in this build; use pbt")
+    mutations = mutation_space(pbt)
+    return LineagePBT(
+        run_files=run_files,
+        time_attr="training_iteration",
+        metric=pbt.metric,
+        mode=pbt.mode,
+        perturbation_interval=pbt.perturbation_interval,
+        quantile_fraction=pbt.quantile_fraction,
+        resample_probability=pbt.resample_probability,
+        hyperparam_mutations=mutations,
+        custom_explore_fn=explore_fn(pbt),
+        synch=pbt.synch,
+        log_config=True,
+    )
+
+
+def _tune_storage(location: StorageLocation) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    return location.path, (filesystem(location) if location.is_s3 else None)
+
+
+def train(
+    job: JobConfig,
+    location: StorageLocation,
+    name: str,
+    resume: ResumeMode = "auto",
+    progress_reporter: Any = None,
+) -> TrainOutcome:
+    """Train the population, or continue the run stored under `location/name`.
+
+    Raises:
+        StorageError: storage is unreachable or not writable (checked before any trial).
+        ResumeError: `resume` forbids what the run folder holds.
+    """
+    check_storage(location)
+    storage_path, storage_fs = _tune_storage(location)
+    run_path = location.join(name)
+    exists = tune.Tuner.can_restore(run_path, storage_filesystem=storage_fs)
+    if exists and resume == "never":
+        raise ResumeError(
+            f"{location.display(name)} already holds a run; pass --resume auto to continue it or --name NEW for a new one"
+        )
+    if not exists and resume == "must":
+        raise ResumeError(f"--resume must: {location.display(name)} holds no run to resume")
+
+    run_files = RunFiles(partial(filesystem, location), run_path)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    mutated = list(mutation_space(job.pbt))
+    if exists:
+        logger.info("[resume] continuing %s", location.display(name))
+        tuner = tune.Tuner.restore(run_path, trainable=PBTPPO, storage_filesystem=storage_fs, resume_errored=True)
+    else:
+        run_files.write_json("job_config.json", config_to_dict(job))
+        tuner = tune.Tuner(
+            PBTPPO,
+            param_space=param_space(job),
+            tune_config=tune.TuneConfig(scheduler=build_scheduler(job, run_files), num_samples=job.pbt.population),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                stop=job.stop.model_dump(exclude_none=True),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=job.checkpoints.num_to_keep,
+                    checkpoint_frequency=job.checkpoints.frequency,
+                    checkpoint_at_end=job.checkpoints.at_end,
+                ),
+                failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+                callbacks=[PinReleaser(), RunRecorder(run_files, job.pbt.metric, mutated)],
+                progress_reporter=progress_reporter,
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode)
+    return TrainOutcome(summary=summary, run_uri=location.display(name), resumed=exists, errors=len(results.errors))
+
+
+def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str) -> dict[str, Any]:
+    """`summary.json` and `best/<policy>/` from the final results."""
+    wall_time_s = run_files.wall_time()
+    ledgers = run_files.ledgers()
+    scored = [r for r in results if r.metrics and _lookup(r.metrics, metric) is not None]
+    pick = max if mode == "max" else min
+    best = pick(scored, key=lambda r: _lookup(r.metrics, metric)) if scored else None
+    env_steps = sum(ledger.env_steps_total for ledger in ledgers.values())
+    lineage = run_files.lineage()
+    summary: dict[str, Any] = {
+        "metric": metric,
+        "mode": mode,
+        "best_trial": best.metrics.get("trial_id") if best else None,
+        "best_metric": _lookup(best.metrics, metric) if best else None,
+        "best_hyperparameters": ledgers[best.metrics["trial_id"]].config if best else {},
+        "exploits": sum(1 for e in lineage if e.get("event", "exploit") == "exploit"),
+        "skipped_exploits": sum(1 for e in lineage if e.get("event") == "skip"),
+        "env_steps_total": env_steps,
+        "wall_time_s": round(wall_time_s, 3),
+        "env_steps_per_s": round(env_steps / wall_time_s, 3) if wall_time_s > 0 else None,
+        "trials": {trial_id: {"iteration": l.iteration, "metric": l.metric, "env_steps_total": l.env_steps_total}
+                   for trial_id, l in ledgers.items()},
+        "errors": len(results.errors),
+    }
+    if best is not None and best.checkpoint is not None:
+        summary["best_checkpoint"] = best.checkpoint.path
+        _export_best_weights(run_files, best.checkpoint)
+    run_files.write_json(SUMMARY_FILE, summary)
+    run_files.save_ledgers()
+    return summary
+
+
+def _export_best_weights(run_files: RunFiles, checkpoint: Any) -> None:
+    """Copy each policy's RLModule (loadable with `RLModule.from_checkpoint`) to `best/<policy>/`."""
+    fs, dest = run_files.fs, run_files.path(BEST_DIR)
+    if fs.get_file_info(dest).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(dest)
+    pyarrow.fs.copy_files(
+        f"{checkpoint.path}/{MODULES_IN_CHECKPOINT}",
+        dest,
+        source_filesystem=checkpoint.filesystem,
+        destination_filesystem=fs,
+        use_threads=False,
+    )

@@ -1,0 +1,155 @@
+"""pbt-job's own files in the run folder: lineage, PBT state, summary.
+
+Tune's `Tuner.restore` does not restore scheduler state (ray-project/ray#30838),
+so everything PBT and the lineage need to continue after a driver restart lives
+here, next to Tune's files, on the same storage:
+
+* `lineage.jsonl`: one JSON object per exploit (or skipped exploit), append-only
+  in meaning; rewritten whole because S3 has no append.
+* `pbt_state.json`: per-trial perturbation times and counters (`TrialLedger`).
+* `summary.json`: written at the end.
+
+Files are untrusted input: a corrupt line or document is skipped with a warning,
+never executed (JSON only, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow.fs
+
+from pbt_job.storage import read_text, write_text
+
+logger = logging.getLogger(__name__)
+
+LINEAGE_FILE = "lineage.jsonl"
+STATE_FILE = "pbt_state.json"
+SUMMARY_FILE = "summary.json"
+BEST_DIR = "best"
+
+
+@dataclass
+class TrialLedger:
+    """What pbt-job remembers of one trial across driver restarts."""
+
+    last_perturbation_time: float = 0.0
+    last_train_time: float = 0.0
+    env_steps_total: int = 0
+    iteration: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    metric: float | None = None
+
+
+def parse_lineage(text: str, source: str = LINEAGE_FILE) -> list[dict[str, Any]]:
+    """Parse lineage lines; malformed lines are skipped with a warning."""
+    events = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as err:
+            logger.warning("[lineage] %s line %d skipped: not JSON (%s)", source, number, err.msg)
+            continue
+        if not isinstance(event, dict) or not {"recipient", "iteration"} <= event.keys():
+            logger.warning("[lineage] %s line %d skipped: not a lineage event", source, number)
+            continue
+        events.append(event)
+    return events
+
+
+class RunFiles:
+    """Reads and writes pbt-job's files in one run folder.
+
+    Holds a filesystem *factory*, not a filesystem: the scheduler that owns this
+    object is pickled by Tune, and the pickle must carry no credentials.
+
+    Args:
+        fs_factory: Returns the run's pyarrow filesystem.
+        run_path: The run folder's path in that filesystem.
+    """
+
+    def __init__(self, fs_factory, run_path: str):
+        self._fs_factory = fs_factory
+        self.run_path = run_path.rstrip("/")
+        self._fs: pyarrow.fs.FileSystem | None = None
+        self._lineage: list[dict[str, Any]] | None = None
+        self._ledgers: dict[str, TrialLedger] | None = None
+        self._stored_wall_time: float | None = None
+        self._session_start = time.time()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_fs_factory": self._fs_factory, "run_path": self.run_path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["_fs_factory"], state["run_path"])
+
+    @property
+    def fs(self) -> pyarrow.fs.FileSystem:
+        if self._fs is None:
+            self._fs = self._fs_factory()
+        return self._fs
+
+    def path(self, name: str) -> str:
+        return f"{self.run_path}/{name}"
+
+    def lineage(self) -> list[dict[str, Any]]:
+        if self._lineage is None:
+            text = read_text(self.fs, self.path(LINEAGE_FILE))
+            self._lineage = parse_lineage(text) if text else []
+        return self._lineage
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Add one lineage event; a re-run of the same exploit (after a resume) replaces the earlier line."""
+        key = (event["recipient"], event["iteration"], event.get("event"))
+        events = [e for e in self.lineage() if (e["recipient"], e["iteration"], e.get("event")) != key]
+        events.append(event)
+        self._lineage = events
+        write_text(self.fs, self.path(LINEAGE_FILE), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+
+    def ledgers(self) -> dict[str, TrialLedger]:
+        """Per-trial ledgers, loaded from `pbt_state.json` on first use."""
+        if self._ledgers is None:
+            self._ledgers = {}
+            for trial_id, fields in ((self.read_json(STATE_FILE) or {}).get("trials") or {}).items():
+                try:
+                    self._ledgers[trial_id] = TrialLedger(**fields)
+                except TypeError:
+                    logger.warning("[state] %s: entry for trial %s skipped: unexpected fields", STATE_FILE, trial_id)
+        return self._ledgers
+
+    def ledger(self, trial_id: str) -> TrialLedger:
+        return self.ledgers().setdefault(trial_id, TrialLedger())
+
+    def wall_time(self) -> float:
+        """Seconds this run has trained, over all driver sessions (this one counted from its start)."""
+        if self._stored_wall_time is None:
+            value = (self.read_json(STATE_FILE) or {}).get("wall_time_s", 0.0)
+            self._stored_wall_time = float(value) if isinstance(value, (int, float)) else 0.0
+        return self._stored_wall_time + time.time() - self._session_start
+
+    def save_ledgers(self) -> None:
+        trials = {trial_id: asdict(ledger) for trial_id, ledger in self.ledgers().items()}
+        self.write_json(STATE_FILE, {"trials": trials, "wall_time_s": self.wall_time()})
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        text = read_text(self.fs, self.path(name))
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            logger.warning("[state] %s is not valid JSON (%s); ignoring it", name, err.msg)
+            return None
+        if not isinstance(data, dict):
+            logger.warning("[state] %s is not a JSON object; ignoring it", name)
+            return None
+        return data
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        write_text(self.fs, self.path(name), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

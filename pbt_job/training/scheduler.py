@@ -1,0 +1,167 @@
+"""`LineagePBT`: Ray Tune's PopulationBasedTraining made exploit-safe and recorded.
+
+Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into:
+
+1. Retention breaks exploits. The recipient restores from a *reference* to the
+   donor's checkpoint; the donor's `num_to_keep` rotation can delete it before the
+   recipient loads it ("Could not recover from checkpoint as it does not exist on
+   storage anymore"). Here the donor's checkpoint is copied into the recipient's
+   own trial folder (`pinned/`) at exploit time and the recipient restores from
+   the copy; the copy is deleted once the recipient saves a checkpoint of its own
+   (`PinReleaser`). Storage stays bounded: `num_to_keep` per trial plus one pin.
+2. "[pbt]: no checkpoint for trial ... Skip exploit": a donor only has a
+   checkpoint if it was in the upper quantile at its *own* last perturbation. Here
+   a due exploit falls back to the donor's latest checkpoint that still exists; if
+   the donor has none at all, the skip and its reason go to the lineage file.
+3. No lineage: every exploit writes one line to `lineage.jsonl`.
+4. `Tuner.restore` starts the scheduler afresh (ray-project/ray#30838): trial
+   perturbation times are kept in `pbt_state.json` and reloaded per trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import pyarrow.fs
+from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
+from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
+from ray.tune import Callback, Checkpoint
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import PopulationBasedTraining
+
+from pbt_job.training.explore import yaml_name
+from pbt_job.training.run_files import RunFiles
+
+logger = logging.getLogger(__name__)
+
+PIN_DIR = "pinned"
+
+
+def _exists(checkpoint: Any) -> bool:
+    return isinstance(checkpoint, Checkpoint) and _exists_at_fs_path(checkpoint.filesystem, checkpoint.path)
+
+
+def _pin_dir(trial: Trial) -> str:
+    return f"{trial.storage.trial_fs_path}/{PIN_DIR}"
+
+
+class LineagePBT(PopulationBasedTraining):
+    """PopulationBasedTraining with pinned donor checkpoints, lineage and resumable state.
+
+    Args:
+        run_files: The run folder's pbt-job files (lineage, state).
+        **kwargs: `PopulationBasedTraining` arguments.
+    """
+
+    def __init__(self, *, run_files: RunFiles, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.run_files = run_files
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        ledger = self.run_files.ledgers().get(trial.trial_id)
+        if ledger is not None:
+            state = self._trial_state[trial]
+            state.last_perturbation_time = ledger.last_perturbation_time
+            state.last_train_time = ledger.last_train_time
+
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile, lower_quantile) -> None:
+        if trial in lower_quantile:
+            donors = [donor for donor in upper_quantile if self._has_usable_checkpoint(donor)]
+            if not donors:
+                self._record_skip(trial, "no trial in the upper quantile has a checkpoint yet")
+            else:
+                upper_quantile = donors
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+        self._remember(trial)
+
+    def _has_usable_checkpoint(self, donor: Trial) -> bool:
+        """Point the donor's exploit checkpoint at one that exists; False if it has none."""
+        state = self._trial_state[donor]
+        if isinstance(state.last_checkpoint, _FutureTrainingResult) or _exists(state.last_checkpoint):
+            return True
+        latest = donor.run_metadata.checkpoint_manager.latest_checkpoint_result
+        if latest is None or not _exists(latest.checkpoint):
+            return False
+        logger.info("[exploit] donor %s: using its latest checkpoint %s", donor, latest.checkpoint.path)
+        state.last_checkpoint, state.last_result = latest.checkpoint, latest.metrics
+        return True
+
+    def _exploit(self, tune_controller, trial: Trial, trial_to_clone: Trial) -> None:
+        recipient_state, donor_state = self._trial_state[trial], self._trial_state[trial_to_clone]
+        before = copy.deepcopy(trial.config)
+        donor_checkpoint = donor_state.last_checkpoint
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        pinned = self._pin(trial, donor_checkpoint)
+        mutated = list(self._hyperparam_mutations)
+        self.run_files.record(
+            {
+                "event": "exploit",
+                "time": time.time(),
+                "iteration": int(recipient_state.last_result.get("training_iteration", 0)),
+                "recipient": trial.trial_id,
+                "donor": trial_to_clone.trial_id,
+                "donor_iteration": int(donor_state.last_result.get("training_iteration", 0)),
+                "donor_checkpoint": donor_checkpoint.path,
+                "pinned_checkpoint": pinned,
+                "recipient_metric": self._metric_op * recipient_state.last_score,
+                "donor_metric": self._metric_op * donor_state.last_score,
+                "config_before": {yaml_name(k): before.get(k) for k in mutated},
+                "config_after": {yaml_name(k): trial.config.get(k) for k in mutated},
+            }
+        )
+        self._remember(trial)
+
+    def _pin(self, trial: Trial, donor_checkpoint: Checkpoint) -> str:
+        """Copy the donor's checkpoint into the recipient's folder and restore from the copy."""
+        fs = trial.storage.storage_filesystem
+        _release_pin(trial)
+        pin_path = f"{_pin_dir(trial)}/exploit_{self._num_perturbations:05d}"
+        pyarrow.fs.copy_files(
+            donor_checkpoint.path,
+            pin_path,
+            source_filesystem=donor_checkpoint.filesystem,
+            destination_filesystem=fs,
+            use_threads=False,
+        )
+        manager = trial.run_metadata.checkpoint_manager
+        metrics = manager.latest_checkpoint_result.metrics
+        manager._latest_checkpoint_result = _TrainingResult(checkpoint=Checkpoint(pin_path, filesystem=fs), metrics=metrics)
+        logger.info("[exploit] pinned %s for %s at %s", donor_checkpoint.path, trial, pin_path)
+        return pin_path
+
+    def _record_skip(self, trial: Trial, reason: str) -> None:
+        state = self._trial_state[trial]
+        logger.info("[exploit] skipped for %s: %s", trial, reason)
+        self.run_files.record(
+            {
+                "event": "skip",
+                "time": time.time(),
+                "iteration": int(state.last_result.get("training_iteration", 0)),
+                "recipient": trial.trial_id,
+                "reason": reason,
+            }
+        )
+
+    def _remember(self, trial: Trial) -> None:
+        state = self._trial_state[trial]
+        ledger = self.run_files.ledger(trial.trial_id)
+        ledger.last_perturbation_time = state.last_perturbation_time
+        ledger.last_train_time = state.last_train_time
+
+
+def _release_pin(trial: Trial) -> None:
+    fs = trial.storage.storage_filesystem
+    if _exists_at_fs_path(fs, _pin_dir(trial)):
+        _delete_fs_path(fs, _pin_dir(trial))
+
+
+class PinReleaser(Callback):
+    """Deletes a trial's pinned donor checkpoint once the trial saved one of its own."""
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any):
+        if f"/{PIN_DIR}/" not in checkpoint.path:
+            _release_pin(trial)
