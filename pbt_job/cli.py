@@ -47,6 +47,8 @@ def _load(args: argparse.Namespace):
     from pbt_job.training.config import load_config
 
     overrides = list(args.set)
+    if getattr(args, "name", None):
+        overrides.append(f"name={args.name}")
     if getattr(args, "metrics_port", None) is not None:
         overrides.append(f"metrics_port={args.metrics_port}")
     return load_config(args.config, overrides)
@@ -68,11 +70,11 @@ def _progress_reporter(job):
     from ray import tune
 
     from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY
-    from pbt_job.training.explore import mutation_space, yaml_name
+    from pbt_job.training.explore import initial_space, yaml_name
 
     return tune.CLIReporter(
         metric_columns={"training_iteration": "iter", job.pbt.metric: "metric", ENV_STEPS_PER_S_KEY: "env steps/s"},
-        parameter_columns={key: yaml_name(key) for key in mutation_space(job.pbt)},
+        parameter_columns={key: yaml_name(key) for key in initial_space(job.pbt)},
         max_report_frequency=15,
         sort_by_metric=True,
         metric=job.pbt.metric,
@@ -82,11 +84,11 @@ def _progress_reporter(job):
 
 def _train(args: argparse.Namespace) -> int:
     from pbt_job.storage import parse_storage_uri
-    from pbt_job.training.run import train
 
     job = _load(args)
     location = parse_storage_uri(args.storage)
-    name = args.name or job.name
+    name = job.name
+    from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
     outcome = train(job, location, name, resume=args.resume, progress_reporter=_progress_reporter(job))
     summary = outcome.summary
     print(f"run {outcome.run_uri}: best trial {summary['best_trial']} {summary['metric']}={summary['best_metric']} "
@@ -106,13 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-    from pbt_job.storage import StorageError
-    from pbt_job.training.config import ConfigError
-    from pbt_job.training.run import ResumeError
+    from pbt_job.errors import BadInput
 
     try:
         return _train(args) if args.command == "train" else _validate(args)
-    except (ConfigError, StorageError, ResumeError) as err:
+    except BadInput as err:
         print(f"pbt-job: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

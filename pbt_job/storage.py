@@ -24,11 +24,13 @@ from urllib.parse import urlparse
 
 import pyarrow.fs
 
+from pbt_job.errors import BadInput
+
 S3_SCHEMES = ("s3",)
 CONNECT_TIMEOUT_S = 5.0
 
 
-class StorageError(ValueError):
+class StorageError(BadInput):
     """Storage is misnamed, unreachable or refuses us; the message says what to fix."""
 
 

@@ -9,16 +9,19 @@
   donor's lr (ray-project/ray#62173; related #54755, #53831).
 * Each result carries `pbt_score` (see `score.py`), defined from the first iteration.
 * The first result after a restore carries `restored_hyperparameters`: the lr,
-  entropy and clip coefficients the learners will really use, so tests and the
-  lineage can check the explored values are the ones trained with.
+  entropy and clip coefficients the learners will really use, and a digest of the
+  loaded weights, so tests can check the recipient trains the donor's weights with
+  its own explored values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
 
+import torch
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.utils.schedules.scheduler import Scheduler
@@ -78,11 +81,21 @@ def build_ppo_config(job: JobConfig) -> PPOConfig:
     )
 
 
-def reapply_config_hyperparameters(learner: Any, **kwargs: Any) -> dict[str, dict[str, float]]:
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's parameters (names sorted, float32 bytes): equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reapply_config_hyperparameters(learner: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
     """Make a learner train with its own config after a state load; runs on each learner.
 
     Returns:
-        Per module: the optimizer lr, entropy coefficient and clip parameter now in force.
+        Per module: the optimizer lr, entropy coefficient and clip parameter now in
+        force, and the digest of the loaded weights.
     """
     applied = {}
     for module_id in list(learner.module.keys()):
@@ -100,6 +113,7 @@ def reapply_config_hyperparameters(learner: Any, **kwargs: Any) -> dict[str, dic
             "lr": lr,
             "entropy_coeff": float(entropy),
             "clip_param": float(module_config.clip_param),
+            "weights_sha256": weights_digest(learner.module[module_id]),
         }
     return applied
 
@@ -110,13 +124,13 @@ class PBTPPO(PPO):
     def setup(self, config: Any) -> None:
         super().setup(config)
         self._score = EpisodeReturnScore(max_steps=int(self.config.env_config.get("max_steps", 1000)))
-        self._restored: dict[str, Any] | None = None
+        self._hyperparameters_after_restore: dict[str, Any] | None = None
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         super().load_checkpoint(checkpoint_dir)
         applied = [call.get() for call in self.learner_group.foreach_learner(reapply_config_hyperparameters)]
-        self._restored = applied[0]
-        logger.debug("[restore] hyperparameters re-applied after loading %s: %s", checkpoint_dir, self._restored)
+        self._hyperparameters_after_restore = applied[0]
+        logger.debug("[restore] hyperparameters re-applied after loading %s: %s", checkpoint_dir, self._hyperparameters_after_restore)
 
     def step(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -125,7 +139,7 @@ class PBTPPO(PPO):
         env_runners = result.get("env_runners", {})
         result[SCORE_KEY] = self._score.update(env_runners)
         result[ENV_STEPS_PER_S_KEY] = env_runners.get("num_env_steps_sampled", 0) / seconds
-        if self._restored is not None:
-            result[RESTORED_KEY] = self._restored
-            self._restored = None
+        if self._hyperparameters_after_restore is not None:
+            result[RESTORED_KEY] = self._hyperparameters_after_restore
+            self._hyperparameters_after_restore = None
         return result

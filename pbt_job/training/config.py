@@ -8,6 +8,7 @@ override. `load_config` turns a YAML file plus `--set KEY=VALUE` overrides into 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pbt_job.env import EnvConfig
+from pbt_job.errors import BadInput
 
 DEFAULT_METRICS_PORT = 9464
 """Clear of Ray's metrics (8080) and node-exporter (9100)."""
@@ -23,7 +25,7 @@ SCORE_KEY = "pbt_score"
 """Result key of the default PBT metric, see `pbt_job.training.score`."""
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A bad user input; the message names the field and the fix."""
 
 
@@ -59,7 +61,7 @@ class PPOSettings(_Frozen):
     def _check_batches(self) -> PPOSettings:
         if self.train_batch_size_per_learner < self.minibatch_size:
             raise ValueError(
-                f"train_batch_size_per_learner ({self.train_batch_size_per_learner}) must be >= "
+                f"train_batch_size_per_learner: {self.train_batch_size_per_learner} must be >= "
                 f"minibatch_size ({self.minibatch_size})"
             )
         return self
@@ -145,11 +147,11 @@ class PBTConfig(_Frozen):
             raise ValueError("mutations must name at least one hyperparameter, e.g. lr")
         for name, mutation in self.mutations.items():
             if name not in MUTABLE:
-                raise ValueError(f"mutations.{name} is not a mutable PPO setting; choose from {', '.join(MUTABLE)}")
+                raise ValueError(f"mutations.{name}: not a mutable PPO setting; choose from {', '.join(MUTABLE)}")
             if name in INTEGER_SETTINGS and mutation.type in ("uniform", "loguniform"):
-                raise ValueError(f"mutations.{name} is an integer: use type choice or randint")
+                raise ValueError(f"mutations.{name}: an integer setting; use type choice or randint")
         if self.min_epochs > self.max_epochs:
-            raise ValueError(f"min_epochs ({self.min_epochs}) must be <= max_epochs ({self.max_epochs})")
+            raise ValueError(f"min_epochs: {self.min_epochs} must be <= max_epochs ({self.max_epochs})")
         minibatch = self.mutations.get("minibatch_size")
         if minibatch is not None and 2 * minibatch.bounds()[0] > self.max_train_batch_size:
             raise ValueError(
@@ -211,7 +213,7 @@ class JobConfig(_Frozen):
         iterations = self.stop.training_iteration
         if iterations is not None and self.pbt.perturbation_interval >= iterations:
             raise ValueError(
-                f"pbt.perturbation_interval ({self.pbt.perturbation_interval}) must be < stop.training_iteration "
+                f"pbt.perturbation_interval: {self.pbt.perturbation_interval} must be < stop.training_iteration "
                 f"({iterations}), or no exploit ever happens"
             )
         self._check_initial_population()
@@ -246,11 +248,20 @@ class JobConfig(_Frozen):
             )
 
 
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.]*): (.+)$", re.DOTALL)
+
+
 def _format_validation_error(err: ValidationError) -> str:
+    """One `field.path: message` per error; a validator's own `sub.field: ...` prefix extends the path."""
     parts = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "<config>"
+        loc = [str(p) for p in e["loc"]]
         message = e["msg"].removeprefix("Value error, ")
+        prefixed = _FIELD_PREFIX.match(message)
+        if prefixed:
+            loc.append(prefixed.group(1))
+            message = prefixed.group(2)
+        field = ".".join(loc) or "<config>"
         if e["type"] == "extra_forbidden":
             message = "unknown key; check the spelling against configs/reference.yaml"
         parts.append(f"{field}: {message}")

@@ -25,10 +25,9 @@ def yaml_name(key: str) -> str:
 
 
 def tune_domain(name: str, mutation: Mutation) -> tune.search.sample.Domain:
-    """The Tune domain PBT samples from (and the initial population is drawn from)."""
+    """The Tune domain the initial population is drawn from."""
     if mutation.type == "choice":
-        values = [int(v) for v in mutation.values] if name in INTEGER_SETTINGS else list(mutation.values)
-        return tune.choice(values)
+        return tune.choice(_choices(name, mutation))
     if mutation.type == "uniform":
         return tune.uniform(mutation.low, mutation.high)
     if mutation.type == "loguniform":
@@ -36,34 +35,57 @@ def tune_domain(name: str, mutation: Mutation) -> tune.search.sample.Domain:
     return tune.randint(int(mutation.low), int(mutation.high) + 1)
 
 
-def mutation_space(pbt: PBTConfig) -> dict[str, tune.search.sample.Domain]:
+def _choices(name: str, mutation: Mutation) -> list[float]:
+    return [int(v) for v in mutation.values] if name in INTEGER_SETTINGS else list(mutation.values)
+
+
+def initial_space(pbt: PBTConfig) -> dict[str, tune.search.sample.Domain]:
+    """Tune keys -> domains for drawing the population's starting points."""
     return {tune_key(name): tune_domain(name, m) for name, m in pbt.mutations.items()}
 
 
-def explore_fixups(config: dict[str, Any], *, max_train_batch_size: int, min_epochs: int, max_epochs: int) -> dict:
+def pbt_mutations(pbt: PBTConfig) -> dict[str, Any]:
+    """Tune keys -> `hyperparam_mutations`.
+
+    Choices are given as plain lists: Tune then explores by moving to a
+    neighbouring value (a `tune.choice` domain would be multiplied by 0.8/1.2 and
+    leave the set). Ranges stay domains: resampled, or scaled then clamped by
+    `explore_fixups`.
+    """
+    return {
+        tune_key(name): _choices(name, m) if m.type == "choice" else tune_domain(name, m)
+        for name, m in pbt.mutations.items()
+    }
+
+
+def explore_fixups(config: dict[str, Any], pbt: PBTConfig) -> dict[str, Any]:
     """Restore the constraints a perturbation may break; `config` uses Tune keys.
 
-    Keeps minibatch <= max_train_batch_size / 2, then
-    2 x minibatch <= train batch <= max_train_batch_size, and
-    min_epochs <= num_epochs <= max_epochs. Values are integers afterwards.
+    * Range mutations are clamped into [low, high] (Tune's 0.8/1.2 scaling can leave them).
+    * minibatch <= max_train_batch_size / 2, then
+      2 x minibatch <= train batch <= max_train_batch_size.
+    * min_epochs <= num_epochs <= max_epochs.
+    Integer settings are integers afterwards.
     """
     fixed = dict(config)
+    for name, mutation in pbt.mutations.items():
+        key = tune_key(name)
+        if mutation.type != "choice" and key in fixed:
+            fixed[key] = min(max(fixed[key], mutation.low), mutation.high)
+    for name in INTEGER_SETTINGS:
+        if tune_key(name) in fixed:
+            fixed[tune_key(name)] = int(round(fixed[tune_key(name)]))
     train_key = tune_key("train_batch_size_per_learner")
     if "minibatch_size" in fixed:
-        fixed["minibatch_size"] = max(1, min(int(fixed["minibatch_size"]), max_train_batch_size // 2))
+        fixed["minibatch_size"] = max(1, min(fixed["minibatch_size"], pbt.max_train_batch_size // 2))
     if train_key in fixed:
         floor = 2 * fixed.get("minibatch_size", 1)
-        fixed[train_key] = min(max(int(fixed[train_key]), floor), max_train_batch_size)
+        fixed[train_key] = min(max(fixed[train_key], floor), pbt.max_train_batch_size)
     if "num_epochs" in fixed:
-        fixed["num_epochs"] = min(max(int(round(fixed["num_epochs"])), min_epochs), max_epochs)
+        fixed["num_epochs"] = min(max(fixed["num_epochs"], pbt.min_epochs), pbt.max_epochs)
     return fixed
 
 
 def explore_fn(pbt: PBTConfig):
-    """`custom_explore_fn` for Tune's PBT, bound to the configured limits."""
-    return partial(
-        explore_fixups,
-        max_train_batch_size=pbt.max_train_batch_size,
-        min_epochs=pbt.min_epochs,
-        max_epochs=pbt.max_epochs,
-    )
+    """`custom_explore_fn` for Tune's PBT, bound to the job's PBT settings."""
+    return partial(explore_fixups, pbt=pbt)

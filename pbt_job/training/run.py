@@ -17,12 +17,13 @@ import pyarrow.fs
 import ray
 from ray import tune
 
+from pbt_job.errors import BadInput
 from pbt_job.storage import StorageLocation, check_storage, filesystem
-from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY, PBTPPO, build_ppo_config
+from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
-from pbt_job.training.explore import explore_fn, mutation_space, yaml_name
+from pbt_job.training.explore import explore_fn, initial_space, pbt_mutations, yaml_name
 from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
-from pbt_job.training.scheduler import LineagePBT, PinReleaser
+from pbt_job.training.scheduler import LineagePBT
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ MAX_TRIAL_FAILURES = 3
 MODULES_IN_CHECKPOINT = "learner_group/learner/rl_module"
 
 
-class ResumeError(ValueError):
+class ResumeError(BadInput):
     """`--resume` contradicts what is in the run folder."""
 
 
@@ -44,16 +45,23 @@ class TrainOutcome:
 
 
 class RunRecorder(tune.Callback):
-    """Keeps per-trial ledgers (iteration, own env steps, config, metric) in `pbt_state.json`."""
+    """Keeps per-trial ledgers (iteration, own env steps, config, metric) in `pbt_state.jsonl`."""
 
     def __init__(self, run_files: RunFiles, metric: str, mutated: list[str]):
         self.run_files = run_files
         self.metric = metric
         self.mutated = mutated
+        self._seen_this_session: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_seen_this_session": set()}
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict[str, Any], **info: Any) -> None:
         ledger = self.run_files.ledger(trial.trial_id)
         ledger.iteration = int(result.get("training_iteration", 0))
+        if trial.trial_id not in self._seen_this_session:
+            self._seen_this_session.add(trial.trial_id)
+            ledger.session_starts.append(ledger.iteration - int(result.get("iterations_since_restore", 1)))
         ledger.env_steps_total += int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
         ledger.config = {yaml_name(k): trial.config.get(k) for k in self.mutated}
         ledger.metric = _lookup(result, self.metric)
@@ -73,7 +81,7 @@ def _lookup(result: dict[str, Any], dotted: str) -> float | None:
 def param_space(job: JobConfig) -> dict[str, Any]:
     """The PPO config as Tune's param space, mutated keys drawn from their domains."""
     space = build_ppo_config(job).to_dict()
-    space.update(mutation_space(job.pbt))
+    space.update(initial_space(job.pbt))
     return space
 
 
@@ -81,7 +89,6 @@ def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT:
     pbt = job.pbt
     if pbt.scheduler == "pb2":
         raise NotImplementedError("pbt.scheduler: pb2 is not available in this build; use pbt")
-    mutations = mutation_space(pbt)
     return LineagePBT(
         run_files=run_files,
         time_attr="training_iteration",
@@ -90,7 +97,7 @@ def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT:
         perturbation_interval=pbt.perturbation_interval,
         quantile_fraction=pbt.quantile_fraction,
         resample_probability=pbt.resample_probability,
-        hyperparam_mutations=mutations,
+        hyperparam_mutations=pbt_mutations(pbt),
         custom_explore_fn=explore_fn(pbt),
         synch=pbt.synch,
         log_config=True,
@@ -128,7 +135,7 @@ def train(
     run_files = RunFiles(partial(filesystem, location), run_path)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
-    mutated = list(mutation_space(job.pbt))
+    mutated = list(initial_space(job.pbt))
     if exists:
         logger.info("[resume] continuing %s", location.display(name))
         tuner = tune.Tuner.restore(run_path, trainable=PBTPPO, storage_filesystem=storage_fs, resume_errored=True)
@@ -149,7 +156,7 @@ def train(
                     checkpoint_at_end=job.checkpoints.at_end,
                 ),
                 failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-                callbacks=[PinReleaser(), RunRecorder(run_files, job.pbt.metric, mutated)],
+                callbacks=[RunRecorder(run_files, job.pbt.metric, mutated)],
                 progress_reporter=progress_reporter,
                 verbose=1,
             ),

@@ -6,7 +6,10 @@ here, next to Tune's files, on the same storage:
 
 * `lineage.jsonl`: one JSON object per exploit (or skipped exploit), append-only
   in meaning; rewritten whole because S3 has no append.
-* `pbt_state.json`: per-trial perturbation times and counters (`TrialLedger`).
+* `pbt_state.jsonl`: per-trial perturbation times and counters (`TrialLedger`),
+  one JSON document on one line. Not `.json`: on restore Tune copies every
+  `.json`/`.pkl` of the run folder into its staging folder and keeps uploading
+  those stale copies back over the originals.
 * `summary.json`: written at the end.
 
 Files are untrusted input: a corrupt line or document is skipped with a warning,
@@ -28,7 +31,7 @@ from pbt_job.storage import read_text, write_text
 logger = logging.getLogger(__name__)
 
 LINEAGE_FILE = "lineage.jsonl"
-STATE_FILE = "pbt_state.json"
+STATE_FILE = "pbt_state.jsonl"
 SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
 
@@ -43,6 +46,8 @@ class TrialLedger:
     iteration: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     metric: float | None = None
+    session_starts: list[int] = field(default_factory=list)
+    """Per driver session, the iteration the trial continued from (0: from scratch)."""
 
 
 def parse_lineage(text: str, source: str = LINEAGE_FILE) -> list[dict[str, Any]]:
@@ -113,7 +118,7 @@ class RunFiles:
         write_text(self.fs, self.path(LINEAGE_FILE), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
 
     def ledgers(self) -> dict[str, TrialLedger]:
-        """Per-trial ledgers, loaded from `pbt_state.json` on first use."""
+        """Per-trial ledgers, loaded from `pbt_state.jsonl` on first use."""
         if self._ledgers is None:
             self._ledgers = {}
             for trial_id, fields in ((self.read_json(STATE_FILE) or {}).get("trials") or {}).items():

@@ -7,15 +7,17 @@ Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into:
    recipient loads it ("Could not recover from checkpoint as it does not exist on
    storage anymore"). Here the donor's checkpoint is copied into the recipient's
    own trial folder (`pinned/`) at exploit time and the recipient restores from
-   the copy; the copy is deleted once the recipient saves a checkpoint of its own
-   (`PinReleaser`). Storage stays bounded: `num_to_keep` per trial plus one pin.
+   the copy. The copy is deleted once the recipient has a checkpoint of its own,
+   after the experiment state that references that checkpoint is saved (a resume
+   restores from the *saved* state). Storage stays bounded: `num_to_keep` per
+   trial plus one pin.
 2. "[pbt]: no checkpoint for trial ... Skip exploit": a donor only has a
    checkpoint if it was in the upper quantile at its *own* last perturbation. Here
    a due exploit falls back to the donor's latest checkpoint that still exists; if
    the donor has none at all, the skip and its reason go to the lineage file.
 3. No lineage: every exploit writes one line to `lineage.jsonl`.
 4. `Tuner.restore` starts the scheduler afresh (ray-project/ray#30838): trial
-   perturbation times are kept in `pbt_state.json` and reloaded per trial.
+   perturbation times are kept in `pbt_state.jsonl` and reloaded per trial.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import pyarrow.fs
 from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
 from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
-from ray.tune import Callback, Checkpoint
+from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 
@@ -59,6 +61,11 @@ class LineagePBT(PopulationBasedTraining):
     def __init__(self, *, run_files: RunFiles, **kwargs: Any):
         super().__init__(**kwargs)
         self.run_files = run_files
+        self._pinned: dict[str, bool] = {}
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self._release_pin_if_unneeded(tune_controller, trial)
+        return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -95,7 +102,7 @@ class LineagePBT(PopulationBasedTraining):
         before = copy.deepcopy(trial.config)
         donor_checkpoint = donor_state.last_checkpoint
         super()._exploit(tune_controller, trial, trial_to_clone)
-        pinned = self._pin(trial, donor_checkpoint)
+        pinned = self._pin(tune_controller, trial, donor_checkpoint)
         mutated = list(self._hyperparam_mutations)
         self.run_files.record(
             {
@@ -115,10 +122,9 @@ class LineagePBT(PopulationBasedTraining):
         )
         self._remember(trial)
 
-    def _pin(self, trial: Trial, donor_checkpoint: Checkpoint) -> str:
+    def _pin(self, tune_controller, trial: Trial, donor_checkpoint: Checkpoint) -> str:
         """Copy the donor's checkpoint into the recipient's folder and restore from the copy."""
         fs = trial.storage.storage_filesystem
-        _release_pin(trial)
         pin_path = f"{_pin_dir(trial)}/exploit_{self._num_perturbations:05d}"
         pyarrow.fs.copy_files(
             donor_checkpoint.path,
@@ -130,8 +136,32 @@ class LineagePBT(PopulationBasedTraining):
         manager = trial.run_metadata.checkpoint_manager
         metrics = manager.latest_checkpoint_result.metrics
         manager._latest_checkpoint_result = _TrainingResult(checkpoint=Checkpoint(pin_path, filesystem=fs), metrics=metrics)
+        self._delete_pins(tune_controller, trial, keep=pin_path)
+        self._pinned[trial.trial_id] = True
         logger.info("[exploit] pinned %s for %s at %s", donor_checkpoint.path, trial, pin_path)
         return pin_path
+
+    def _release_pin_if_unneeded(self, tune_controller, trial: Trial) -> None:
+        """Drop the trial's pin once its latest checkpoint is its own (checked once per trial after a restart)."""
+        if trial.trial_id not in self._pinned:
+            self._pinned[trial.trial_id] = _exists_at_fs_path(trial.storage.storage_filesystem, _pin_dir(trial))
+        latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        if self._pinned[trial.trial_id] and latest is not None and f"/{PIN_DIR}/" not in latest.checkpoint.path:
+            self._delete_pins(tune_controller, trial)
+            self._pinned[trial.trial_id] = False
+
+    @staticmethod
+    def _delete_pins(tune_controller, trial: Trial, keep: str | None = None) -> None:
+        """Delete the trial's pins but `keep`, after saving the experiment state that no longer needs them."""
+        fs = trial.storage.storage_filesystem
+        selector = pyarrow.fs.FileSelector(_pin_dir(trial), allow_not_found=True)
+        stale = [info.path for info in fs.get_file_info(selector) if info.path.rstrip("/") != keep]
+        if not stale:
+            return
+        tune_controller.checkpoint(force=True, wait=True)
+        for path in stale:
+            _delete_fs_path(fs, path)
+        logger.debug("[checkpoint] released pins of %s: %s", trial, stale)
 
     def _record_skip(self, trial: Trial, reason: str) -> None:
         state = self._trial_state[trial]
@@ -151,17 +181,3 @@ class LineagePBT(PopulationBasedTraining):
         ledger = self.run_files.ledger(trial.trial_id)
         ledger.last_perturbation_time = state.last_perturbation_time
         ledger.last_train_time = state.last_train_time
-
-
-def _release_pin(trial: Trial) -> None:
-    fs = trial.storage.storage_filesystem
-    if _exists_at_fs_path(fs, _pin_dir(trial)):
-        _delete_fs_path(fs, _pin_dir(trial))
-
-
-class PinReleaser(Callback):
-    """Deletes a trial's pinned donor checkpoint once the trial saved one of its own."""
-
-    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any):
-        if f"/{PIN_DIR}/" not in checkpoint.path:
-            _release_pin(trial)

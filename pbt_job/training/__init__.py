@@ -1,0 +1,1 @@
+"""RLlib PPO and Ray Tune PBT for the predator-prey-grass game."""

@@ -1,0 +1,85 @@
+"""Shared real components: one local Ray instance and one S3 server (moto) per session.
+
+The S3 variables are set before Ray starts so that trial processes inherit them,
+exactly as on a cluster where the chart injects them into every Ray pod. The S3
+server checks credentials (moto's IAM auth): after the first three unauthenticated
+calls that create our IAM user and its key, every request must be signed by that key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"  # read by moto at import
+
+import boto3
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API (moto's server) on 127.0.0.1; the AWS variables point at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client(
+        "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap"
+    )
+    iam.create_user(UserName="pbt-job")
+    iam.put_user_policy(UserName="pbt-job", PolicyName="all", PolicyDocument=json.dumps(ALLOW_ALL))
+    key = iam.create_access_key(UserName="pbt-job")["AccessKey"]
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=key["AccessKeyId"],
+        AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture()
+def bucket(s3_endpoint) -> str:
+    """A fresh bucket per test."""
+    name = f"pbt-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_start_2_cpus(s3_endpoint):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def list_keys(bucket: str, prefix: str = "") -> list[str]:
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def read_object(bucket: str, key: str) -> str:
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()

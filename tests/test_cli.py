@@ -1,0 +1,207 @@
+"""The real `pbt-job` command: exit codes, one-line errors, storage checks, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from conftest import REPO, free_port, list_keys, read_object
+from pbt_job.training.run_files import parse_lineage
+
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pbt_job.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+    )
+
+
+def assert_bad_input(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code 2, one line on stderr naming what is wrong, no traceback, no secret."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pbt-job: error:"), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if secret:
+        assert secret not in proc.stdout + proc.stderr
+
+
+def test_validate_prints_what_it_checked(bucket):
+    proc = run_cli("validate", "--config", str(TINY), "--storage", f"s3://{bucket}/runs")
+    assert proc.returncode == 0, proc.stderr
+    assert "valid" in proc.stdout
+    assert f"bucket {bucket} exists" in proc.stdout
+    assert "writable" in proc.stdout
+    assert list_keys(bucket) == [], "the probe object is deleted"
+
+
+@pytest.mark.parametrize(
+    ("storage", "env", "needles"),
+    [
+        ("s3://no-such-bucket-here/runs", {}, ["no-such-bucket-here", "does not exist"]),
+        ("s3://{bucket}/runs", {"AWS_SECRET_ACCESS_KEY": "wrong-secret"}, ["refused the credentials", "AWS_SECRET_ACCESS_KEY"]),
+        ("s3://{bucket}/runs", {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN"}, ["refused the credentials"]),
+        ("s3://{bucket}/runs", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{dead_port}"}, ["unreachable", "AWS_ENDPOINT_URL"]),
+        ("s3://{bucket}/runs", {"AWS_ENDPOINT_URL": "minio:9000"}, ["AWS_ENDPOINT_URL", "http://minio:9000"]),
+        ("s3://{bucket}/runs", {"AWS_SECRET_ACCESS_KEY": ""}, ["AWS_SECRET_ACCESS_KEY is not set"]),
+        ("s3:///runs", {}, ["no bucket"]),
+        ("gs://bucket/runs", {}, ["S3 API"]),
+        ("ftp://host/runs", {}, ["unsupported scheme"]),
+    ],
+    ids=["missing-bucket", "wrong-secret", "unknown-key", "unreachable", "endpoint-not-url",
+         "half-credentials", "no-bucket", "gcs-scheme", "ftp-scheme"],
+)
+def test_validate_and_train_reject_bad_storage_before_training(bucket, tmp_path, storage, env, needles):
+    storage = storage.format(bucket=bucket)
+    env = {k: v.format(dead_port=free_port()) for k, v in env.items()}
+    commands = ("validate", "train") if "bucket" in storage and not env else ("validate",)
+    for command in commands:
+        started = time.monotonic()
+        proc = run_cli(command, "--config", str(TINY), "--storage", storage, env=env, timeout=120)
+        assert_bad_input(proc, *needles)
+        assert time.monotonic() - started < 60, "storage problems are found before any trial starts"
+    assert list_keys(bucket) == []
+
+
+CONFIG_CASES = {
+    "malformed-yaml": ("env: {width: 7\n", [], ["malformed YAML", "line"]),
+    "unknown-key": ("env: {grid_size: 7}\n", [], ["env.grid_size", "unknown key"]),
+    "wrong-type": ("env: {width: big}\n", [], ["env.width", "integer"]),
+    "population-1": ("pbt: {population: 1}\n", [], ["pbt.population"]),
+    "interval-ge-stop": ("pbt: {perturbation_interval: 5}\nstop: {training_iteration: 5}\n", [],
+                         ["pbt.perturbation_interval:", "stop.training_iteration"]),
+    "inverted-range": ("pbt: {mutations: {clip_param: {type: uniform, low: 0.3, high: 0.1}}}\n", [],
+                       ["pbt.mutations.clip_param", "inverted range"]),
+    "empty-choice": ("pbt: {mutations: {lr: {type: choice, values: []}}}\n", [], ["pbt.mutations.lr", "non-empty"]),
+    "explore-breaks-batch": (
+        "pbt: {mutations: {minibatch_size: {type: choice, values: [256, 1024]}}, max_train_batch_size: 4096}\n"
+        "ppo: {train_batch_size_per_learner: 1024, minibatch_size: 256}\n", [],
+        ["train_batch_size_per_learner", "2 x minibatch_size"]),
+    "unknown-mutation": ("pbt: {mutations: {momentum: {type: uniform, low: 0.1, high: 0.2}}}\n", [],
+                         ["pbt.mutations.momentum:", "not a mutable"]),
+    "set-unknown-key": ("{}\n", ["--set", "pbt.populaton=3"], ["pbt.populaton", "no such key"]),
+    "set-malformed": ("{}\n", ["--set", "population"], ["KEY=VALUE"]),
+    "set-bad-value": ("{}\n", ["--set", "env.max_steps=-3"], ["env.max_steps"]),
+    "metrics-port-range": ("{}\n", ["--metrics-port", "70000"], ["metrics_port"]),
+    "odd-window": ("env: {obs_range_prey: 8}\n", [], ["obs_range_prey", "odd"]),
+    "name-with-slash": ("{}\n", ["--name", "../elsewhere"], ["name", "pattern"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config_input_exits_2_naming_the_field(tmp_path, case):
+    text, extra, needles = CONFIG_CASES[case]
+    config = tmp_path / "job.yaml"
+    config.write_text(text)
+    runs = tmp_path / "runs"
+    proc = run_cli("train", "--config", str(config), "--storage", str(runs), *extra, timeout=60)
+    assert_bad_input(proc, *needles)
+    assert not runs.exists(), "nothing is written for a bad config"
+
+
+def test_missing_config_file_and_bad_flags(tmp_path):
+    assert_bad_input(run_cli("train", "--config", str(tmp_path / "nope.yaml")), "cannot read")
+    proc = run_cli("train", "--config", str(TINY), "--resume", "sometimes")
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_resume_must_without_a_run_exits_2(bucket):
+    proc = run_cli("train", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--resume", "must")
+    assert_bad_input(proc, "--resume must", "holds no run")
+    assert list_keys(bucket) == []
+
+
+def _stored_iterations(bucket: str, run: str) -> dict[str, int]:
+    if f"{run}/pbt_state.jsonl" not in list_keys(bucket, run):
+        return {}
+    state = json.loads(read_object(bucket, f"{run}/pbt_state.jsonl"))
+    return {trial: ledger["iteration"] for trial, ledger in state["trials"].items()}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_the_same_command_resumes(bucket, tmp_path):
+    """Driver death and a RayJob-style retry.
+
+    1. `pbt-job train` on S3; once both trials stored >= 3 iterations, SIGKILL the
+       driver's whole process group (driver, its Ray head and workers).
+    2. The same command again (`--resume auto`) continues the stored run: every
+       trial reaches the stop iteration, the second session continues each trial
+       from a stored iteration (not from zero) and redoes at most what the last
+       saved experiment state missed, and lineage keeps its earlier events,
+       without duplicates.
+    3. `--resume never` then refuses the run and changes nothing in the bucket.
+    """
+    stop = 8
+    run = "runs/resumed"
+    command = ["train", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name", "resumed",
+               "--set", f"stop.training_iteration={stop}"]
+    log = open(tmp_path / "first.log", "w")
+    snapshot_every_2s = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    driver = subprocess.Popen([sys.executable, "-m", "pbt_job.cli", *command], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=REPO, start_new_session=True, env={**os.environ, **snapshot_every_2s})
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        stored = _stored_iterations(bucket, run)
+        if len(stored) == 2 and min(stored.values()) >= 3:
+            time.sleep(3)  # one more experiment-state snapshot
+            break
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(1)
+    else:
+        pytest.fail("the first run never stored 3 iterations per trial")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    at_kill = _stored_iterations(bucket, run)
+    lineage_before = parse_lineage(read_object(bucket, f"{run}/lineage.jsonl")) if any(
+        k.endswith("lineage.jsonl") for k in list_keys(bucket, run)) else []
+
+    second = run_cli(*command, env=snapshot_every_2s, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    state = json.loads(read_object(bucket, f"{run}/pbt_state.jsonl"))
+    for trial, ledger in state["trials"].items():
+        assert ledger["iteration"] == stop, (trial, ledger)
+        first_session, resumed_from = ledger["session_starts"][0], ledger["session_starts"][-1]
+        assert len(ledger["session_starts"]) == 2 and first_session == 0, ledger
+        assert 1 <= resumed_from <= at_kill[trial], (at_kill, ledger)
+    lineage_after = parse_lineage(read_object(bucket, f"{run}/lineage.jsonl"))
+    keys = [(e["recipient"], e["iteration"], e["event"]) for e in lineage_after]
+    assert len(keys) == len(set(keys)), "no duplicate lineage events"
+    for event in lineage_before:
+        assert (event["recipient"], event["iteration"], event["event"]) in keys
+    summary = json.loads(read_object(bucket, f"{run}/summary.json"))
+    assert summary["exploits"] == sum(1 for e in lineage_after if e["event"] == "exploit")
+
+    client = boto3.client("s3")
+    before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    refused = run_cli(*command, "--resume", "never")
+    assert_bad_input(refused, "already holds a run", "--resume auto")
+    after = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert after == before
+
+
+@pytest.mark.slow
+def test_no_credentials_in_any_stored_file(bucket):
+    """Tune pickles its storage filesystem and trial configs; none of it may carry the secret."""
+    proc = run_cli("train", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name", "secret",
+                   "--set", "stop.training_iteration=3", "--set", "pbt.perturbation_interval=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    client = boto3.client("s3")
+    keys = list_keys(bucket, "runs/secret/")
+    assert any(k.endswith("tuner.pkl") for k in keys)
+    for key in keys:
+        assert secret not in client.get_object(Bucket=bucket, Key=key)["Body"].read(), key
+    assert secret.decode() not in proc.stdout + proc.stderr

@@ -1,0 +1,151 @@
+"""Real PBT runs on local Ray (2 CPUs) with a tiny board, on local disk and on the S3 server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ray import tune
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.tune.schedulers import PopulationBasedTraining
+
+from conftest import REPO, list_keys, read_object
+from pbt_job.storage import filesystem, parse_storage_uri
+from pbt_job.training.algorithm import PBTPPO, RESTORED_KEY, weights_digest
+from pbt_job.training.config import load_config
+from pbt_job.training.explore import explore_fn, pbt_mutations
+from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
+from pbt_job.training.run_files import parse_lineage
+from pbt_job.training.scheduler import PIN_DIR
+
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+LR_CHOICES = [1e-3, 5e-4, 1e-4]
+ENTROPY_CHOICES = [0.0, 1e-3, 5e-3]
+
+pytestmark = pytest.mark.slow
+
+
+def results_of(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def first_result_after(results: list[dict], iteration: int) -> dict:
+    return next(r for r in results if r["training_iteration"] > iteration and RESTORED_KEY in r)
+
+
+def assert_explored_within_domains(event: dict) -> None:
+    after = event["config_after"]
+    assert after["lr"] in LR_CHOICES
+    assert after["entropy_coeff"] in ENTROPY_CHOICES
+    assert 0.1 <= after["clip_param"] <= 0.3
+
+
+def assert_recipient_trains_with_its_new_config(event: dict, restored: dict) -> None:
+    """Pitfall ray-project/ray#62173: from the first iteration after a clone, the learner's
+    optimizer lr and the loss coefficients are the recipient's explored values, not the donor's."""
+    after = event["config_after"]
+    for module, applied in restored.items():
+        assert applied["lr"] == pytest.approx(after["lr"]), module
+        assert applied["entropy_coeff"] == pytest.approx(after["entropy_coeff"]), module
+        assert applied["clip_param"] == pytest.approx(after["clip_param"]), module
+
+
+def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
+    """A population of 2 on local disk, every checkpoint kept.
+
+    1. Train with PBT; at least one exploit happens and lineage.jsonl records it.
+    2. The recipient's new config lies in the declared domains.
+    3. Its first iteration after the clone trains the donor's weights (digest of the
+       loaded modules == digest of the donor checkpoint's modules) with its own lr,
+       entropy and clip coefficients.
+    4. summary.json and best/<policy>/ are written.
+    """
+    job = load_config(TINY, ["checkpoints.num_to_keep=null"])
+    outcome = train(job, parse_storage_uri(str(tmp_path)), "local", resume="never")
+    run = tmp_path / "local"
+    assert outcome.errors == 0
+    events = parse_lineage((run / "lineage.jsonl").read_text())
+    exploits = [e for e in events if e["event"] == "exploit"]
+    assert exploits, events
+    for event in exploits:
+        assert event["recipient"] != event["donor"]
+        assert_explored_within_domains(event)
+        trial_dir = next(run.glob(f"*_{event['recipient']}_*"))
+        restored = first_result_after(results_of((trial_dir / "result.json").read_text()), event["iteration"])
+        assert_recipient_trains_with_its_new_config(event, restored[RESTORED_KEY])
+        for policy, applied in restored[RESTORED_KEY].items():
+            donor_module = RLModule.from_checkpoint(Path(event["donor_checkpoint"]) / MODULES_IN_CHECKPOINT / policy)
+            assert applied["weights_sha256"] == weights_digest(donor_module), policy
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["exploits"] == len(exploits)
+    assert summary["best_trial"] in {e["recipient"] for e in exploits} | {e["donor"] for e in exploits}
+    assert summary["env_steps_total"] >= 2 * 6 * 128
+    assert set(summary["best_hyperparameters"]) == {"lr", "clip_param", "entropy_coeff"}
+    assert sorted(p.name for p in (run / "best").iterdir() if p.is_dir()) == sorted(job.env.policies)
+
+
+def test_s3_run_with_small_retention_never_loses_a_donor_checkpoint(ray_start_2_cpus, bucket):
+    """The retention case of ray 2.60: num_to_keep=2, population 2, interval 2, checkpoint every iteration, S3.
+
+    Every exploit restores (no trial errors), and storage holds at most num_to_keep
+    checkpoints per trial plus one pinned donor copy.
+    """
+    job = load_config(TINY)
+    outcome = train(job, parse_storage_uri(f"s3://{bucket}/runs"), "retention", resume="never")
+    assert outcome.errors == 0
+    events = parse_lineage(read_object(bucket, "runs/retention/lineage.jsonl"))
+    exploits = [e for e in events if e["event"] == "exploit"]
+    assert exploits
+    keys = list_keys(bucket, "runs/retention/")
+    trial_dirs = {key.split("/")[2] for key in keys if key.split("/")[2].startswith("PBTPPO_")}
+    assert len(trial_dirs) == 2
+    for trial_dir in trial_dirs:
+        own = {k.split("/")[3] for k in keys if k.split("/")[2] == trial_dir and k.split("/")[3].startswith("checkpoint_")}
+        pins = {k.split("/")[4] for k in keys if k.split("/")[2] == trial_dir and k.split("/")[3] == PIN_DIR}
+        assert len(own) <= job.checkpoints.num_to_keep, own
+        assert len(pins) <= 1, pins
+    for event in exploits:
+        assert_explored_within_domains(event)
+        trial_dir = next(d for d in trial_dirs if f"_{event['recipient']}_" in d)
+        results = results_of(read_object(bucket, f"runs/retention/{trial_dir}/result.json"))
+        assert_recipient_trains_with_its_new_config(event, first_result_after(results, event["iteration"])[RESTORED_KEY])
+
+
+def test_stock_pbt_loses_the_donor_checkpoint_to_retention(ray_start_2_cpus, bucket):
+    """Reproduces the bug LineagePBT fixes, with Tune's own PopulationBasedTraining.
+
+    1. Same set-up as above (num_to_keep=2, population 2, interval 2, S3, every iteration).
+    2. The recipient's restore references the donor's checkpoint; the donor keeps
+       training and rotates it away before the recipient's new actor loads it.
+    3. Tune reports "Could not recover from checkpoint as it does not exist on storage anymore".
+    """
+    job = load_config(TINY, ["stop.training_iteration=10"])
+    location = parse_storage_uri(f"s3://{bucket}/runs")
+    pbt = PopulationBasedTraining(
+        time_attr="training_iteration",
+        metric=job.pbt.metric,
+        mode="max",
+        perturbation_interval=2,
+        quantile_fraction=0.5,
+        hyperparam_mutations=pbt_mutations(job.pbt),
+        custom_explore_fn=explore_fn(job.pbt),
+    )
+    tuner = tune.Tuner(
+        PBTPPO,
+        param_space=param_space(job),
+        tune_config=tune.TuneConfig(scheduler=pbt, num_samples=2),
+        run_config=tune.RunConfig(
+            name="stock",
+            storage_path=location.path,
+            storage_filesystem=filesystem(location),
+            stop={"training_iteration": 10},
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    messages = [str(error) for error in results.errors]
+    assert any("does not exist on storage anymore" in m for m in messages), messages
