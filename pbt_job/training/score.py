@@ -52,8 +52,7 @@ class EpisodeReturnScore:
         """Fold in one iteration's `result["env_runners"]` and return the score."""
         count = int(env_runners.get("num_episodes", 0) or 0)
         mean = env_runners.get("episode_return_mean", math.nan)
-        if count > 0 and _finite(mean):
-            self._episodes.append((float(mean) * count, count))
+        self._episodes.append((float(mean) * count, count) if count > 0 and _finite(mean) else (0.0, 0))
         episodes = sum(n for _, n in self._episodes)
         if episodes:
             return sum(total for total, _ in self._episodes) / episodes
