@@ -48,6 +48,10 @@ REFERENCE = {
     "target_exploit_s_max": 2.0,
 }
 
+from ray import tune  # noqa: E402
+
+from pbt_job.training.run import RunRecorder  # noqa: E402
+
 logger = logging.getLogger("bench.pbt_overhead")
 
 # Driver-side timeline, filled by the callbacks below (module level: Tune may copy callbacks).
@@ -135,47 +139,47 @@ def install_timers() -> None:
     timed(TuneController, "checkpoint", "experiment_checkpoint")
 
 
-def timeline_callback_class(base: type) -> type:
-    """A `base` (tune.Callback or RunRecorder) that also appends driver-side events to TIMELINE."""
+class TimelineMixin:
+    """Appends driver-side trial events to TIMELINE[MODE] (start, restore, save, checkpoint, result)."""
 
-    class Timeline(base):  # type: ignore[misc, valid-type]
-        def _event(self, kind: str, trial: Any, **extra: Any) -> None:
-            TIMELINE[MODE["name"]].append({"t": time.time(), "kind": kind, "trial": trial.trial_id, **extra})
+    def _event(self, kind: str, trial: Any, **extra: Any) -> None:
+        TIMELINE[MODE["name"]].append({"t": time.time(), "kind": kind, "trial": trial.trial_id, **extra})
 
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._event("start", trial)
-            with contextlib.suppress(AttributeError):
-                super().on_trial_start(iteration, trials, trial, **info)
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event("start", trial)
+        super().on_trial_start(iteration, trials, trial, **info)
 
-        def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._event("restore", trial)
-            with contextlib.suppress(AttributeError):
-                super().on_trial_restore(iteration, trials, trial, **info)
+    def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event("restore", trial)
+        super().on_trial_restore(iteration, trials, trial, **info)
 
-        def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._event("save", trial)
-            with contextlib.suppress(AttributeError):
-                super().on_trial_save(iteration, trials, trial, **info)
+    def on_trial_save(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event("save", trial)
+        super().on_trial_save(iteration, trials, trial, **info)
 
-        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-            self._event("checkpoint", trial, path=getattr(checkpoint, "path", None))
-            with contextlib.suppress(AttributeError):
-                super().on_checkpoint(iteration, trials, trial, checkpoint, **info)
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._event("checkpoint", trial, path=getattr(checkpoint, "path", None))
+        super().on_checkpoint(iteration, trials, trial, checkpoint, **info)
 
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            self._event(
-                "result",
-                trial,
-                training_iteration=int(result.get("training_iteration", 0)),
-                iterations_since_restore=int(result.get("iterations_since_restore", 0)),
-                time_this_iter_s=float(result.get("time_this_iter_s", 0.0)),
-                env_steps=int((result.get("env_runners") or {}).get("num_env_steps_sampled", 0) or 0),
-                step_env_steps_per_s=result.get("env_steps_per_s"),
-            )
-            super().on_trial_result(iteration, trials, trial, result, **info)
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._event(
+            "result",
+            trial,
+            training_iteration=int(result.get("training_iteration", 0)),
+            iterations_since_restore=int(result.get("iterations_since_restore", 0)),
+            time_this_iter_s=float(result.get("time_this_iter_s", 0.0)),
+            env_steps=int((result.get("env_runners") or {}).get("num_env_steps_sampled", 0) or 0),
+            step_env_steps_per_s=result.get("env_steps_per_s"),
+        )
+        super().on_trial_result(iteration, trials, trial, result, **info)
 
-    Timeline.__qualname__ = Timeline.__name__ = f"Timeline{base.__name__}"
-    return Timeline
+
+class FifoTimeline(TimelineMixin, tune.Callback):
+    """The FIFO run's only callback."""
+
+
+class RecorderTimeline(TimelineMixin, RunRecorder):
+    """pbt-job's RunRecorder (what train() installs) plus the timeline."""
 
 
 def timeline_summary(mode: str, wall_s: float, population: int) -> dict[str, Any]:
@@ -186,21 +190,20 @@ def timeline_summary(mode: str, wall_s: float, population: int) -> dict[str, Any
         by_trial.setdefault(event["trial"], []).append(event)
     busy = sum(e["time_this_iter_s"] for e in events if e["kind"] == "result")
     step_sps = [e["step_env_steps_per_s"] for e in events if e["kind"] == "result" and e.get("step_env_steps_per_s")]
-    # Non-training time between two consecutive results of one trial (checkpoint save, actor
-    # restart + restore, driver blocking), and before the first result (actor start-up).
-    gaps = []
-    first_result_delays = []
+    # Non-training time of a trial between two consecutive results (checkpoint saves, actor
+    # restart + restore, driver blocking), and from its actor start to its first result.
+    gaps, first_result_delays = [], []
     for trial_events in by_trial.values():
-        previous = None
+        first_start = next((e["t"] for e in trial_events if e["kind"] == "start"), None)
+        last_result = None
         for event in trial_events:
-            if event["kind"] == "start" and previous is None:
-                previous = event["t"]
             if event["kind"] != "result":
                 continue
-            if previous is not None:
-                gap = event["t"] - previous - event["time_this_iter_s"]
-                (gaps if event["training_iteration"] > 1 and event["iterations_since_restore"] != event["training_iteration"] or previous != trial_events[0]["t"] else first_result_delays).append(gap)
-            previous = event["t"]
+            if last_result is not None:
+                gaps.append(event["t"] - last_result - event["time_this_iter_s"])
+            elif first_start is not None:
+                first_result_delays.append(event["t"] - first_start - event["time_this_iter_s"])
+            last_result = event["t"]
     restarted = [e for e in events if e["kind"] == "result" and e["iterations_since_restore"] == 1 and e["training_iteration"] > 1]
     return {
         "results": sum(1 for e in events if e["kind"] == "result"),
@@ -298,7 +301,7 @@ def run_fifo(job, storage: Path) -> dict[str, Any]:
                 checkpoint_at_end=job.checkpoints.at_end,
             ),
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            callbacks=[timeline_callback_class(tune.Callback)()],
+            callbacks=[FifoTimeline()],
             verbose=1,
         ),
     )
@@ -333,7 +336,7 @@ def run_pbt(job, storage: Path) -> dict[str, Any]:
     seed_everything(job.pbt.seed)
     # Same callback as train() builds, plus the driver-side timeline (looked up at call time).
     original_recorder = run_module.RunRecorder
-    run_module.RunRecorder = timeline_callback_class(original_recorder)
+    run_module.RunRecorder = RecorderTimeline
     logger.info("[bench] PBT: %d trials x %d iterations, perturbation interval %d",
                 job.pbt.population, job.stop.training_iteration, job.pbt.perturbation_interval)
     try:
@@ -498,7 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as the CLI
 
-    sys.path.insert(0, str(REPO))
     import ray
 
     started = time.perf_counter()
@@ -523,9 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                 storage="local temp dir",
             )
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            out["ray_session_dir"] = ray.get_runtime_context().get_node_id() and getattr(
-                ray._private.worker._global_node, "get_session_dir_path", lambda: None
-            )()
+            with contextlib.suppress(Exception):
+                out["ray_session_dir"] = ray._private.worker._global_node.get_session_dir_path()
             fifo = run_fifo(job, tmp)
             pbt = run_pbt(job, tmp)
             out["fifo"], out["pbt"] = fifo, pbt

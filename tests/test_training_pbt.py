@@ -149,3 +149,14 @@ def test_stock_pbt_loses_the_donor_checkpoint_to_retention(ray_start_2_cpus, buc
     results = tuner.fit()
     messages = [str(error) for error in results.errors]
     assert any("does not exist on storage anymore" in m for m in messages), messages
+
+
+def test_pb2_scheduler_explores_within_the_domains(ray_start_2_cpus, tmp_path):
+    """`pbt.scheduler: pb2`: same lineage and pinning, GP-bandit explore, choices snapped to their values."""
+    job = load_config(TINY, ["pbt.scheduler=pb2"])
+    outcome = train(job, parse_storage_uri(str(tmp_path)), "pb2", resume="never")
+    assert outcome.errors == 0
+    exploits = [e for e in parse_lineage((tmp_path / "pb2" / "lineage.jsonl").read_text()) if e["event"] == "exploit"]
+    assert exploits
+    for event in exploits:
+        assert_explored_within_domains(event)

@@ -33,7 +33,7 @@ def test_explore_fixups_keeps_train_batch_at_least_twice_the_minibatch_and_withi
     fixed = explore_fixups({"minibatch_size": 512, train: 640.4, "num_epochs": 35.6, "lr": 1e-3}, pbt)
     assert fixed == {"minibatch_size": 512, train: 1024, "num_epochs": 30, "lr": 1e-3}
     fixed = explore_fixups({"minibatch_size": 4096, train: 4096, "num_epochs": 0.2}, pbt)
-    assert fixed == {"minibatch_size": 1024, train: 2048, "num_epochs": 10}
+    assert fixed == {"minibatch_size": 512, train: 2048, "num_epochs": 10}
 
 
 def test_explore_fixups_clamps_range_mutations_into_their_domain():
@@ -41,6 +41,11 @@ def test_explore_fixups_clamps_range_mutations_into_their_domain():
     assert explore_fixups({"clip_param": 0.3 * 1.2}, pbt)["clip_param"] == 0.3
     assert explore_fixups({"clip_param": 0.1 * 0.8}, pbt)["clip_param"] == 0.1
     assert explore_fixups({"clip_param": 0.2}, pbt)["clip_param"] == 0.2
+
+
+def test_explore_fixups_snaps_pb2_proposals_to_choice_values():
+    fixed = explore_fixups({"lr": 7.2e-4, "minibatch_size": 300.7, "entropy_coeff": 0.0004}, REFERENCE.pbt)
+    assert fixed == {"lr": 5e-4, "minibatch_size": 256, "entropy_coeff": 0.0}
 
 
 def test_choice_mutations_are_lists_so_tune_shifts_to_a_neighbour():

@@ -58,10 +58,16 @@ def pbt_mutations(pbt: PBTConfig) -> dict[str, Any]:
     }
 
 
+def pb2_bounds(pbt: PBTConfig) -> dict[str, list[float]]:
+    """Tune keys -> `[low, high]` for PB2, which searches continuous boxes (choices: their span)."""
+    return {tune_key(name): list(m.bounds()) for name, m in pbt.mutations.items()}
+
+
 def explore_fixups(config: dict[str, Any], pbt: PBTConfig) -> dict[str, Any]:
     """Restore the constraints a perturbation may break; `config` uses Tune keys.
 
-    * Range mutations are clamped into [low, high] (Tune's 0.8/1.2 scaling can leave them).
+    * Range mutations are clamped into [low, high] (Tune's 0.8/1.2 scaling can leave them);
+      under PB2, which proposes any value in a choice's span, choices snap to the nearest value.
     * minibatch <= max_train_batch_size / 2, then
       2 x minibatch <= train batch <= max_train_batch_size.
     * min_epochs <= num_epochs <= max_epochs.
@@ -70,7 +76,11 @@ def explore_fixups(config: dict[str, Any], pbt: PBTConfig) -> dict[str, Any]:
     fixed = dict(config)
     for name, mutation in pbt.mutations.items():
         key = tune_key(name)
-        if mutation.type != "choice" and key in fixed:
+        if key not in fixed:
+            continue
+        if mutation.type == "choice":
+            fixed[key] = min(mutation.values, key=lambda value: abs(value - fixed[key]))
+        else:
             fixed[key] = min(max(fixed[key], mutation.low), mutation.high)
     for name in INTEGER_SETTINGS:
         if tune_key(name) in fixed:

@@ -21,9 +21,9 @@ from pbt_job.errors import BadInput
 from pbt_job.storage import StorageLocation, check_storage, filesystem
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
-from pbt_job.training.explore import explore_fn, initial_space, pbt_mutations, yaml_name
+from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations, yaml_name
 from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
-from pbt_job.training.scheduler import LineagePBT
+from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +85,23 @@ def param_space(job: JobConfig) -> dict[str, Any]:
     return space
 
 
-def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT:
+def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT | LineagePB2:
+    """`pbt.scheduler`: PBT explores by perturbing, PB2 with a GP bandit over each mutation's bounds."""
     pbt = job.pbt
-    if pbt.scheduler == "pb2":
-        raise NotImplementedError("pbt.scheduler: pb2 is not available in this build; use pbt")
-    return LineagePBT(
+    common = dict(
         run_files=run_files,
         time_attr="training_iteration",
         metric=pbt.metric,
         mode=pbt.mode,
         perturbation_interval=pbt.perturbation_interval,
         quantile_fraction=pbt.quantile_fraction,
-        resample_probability=pbt.resample_probability,
-        hyperparam_mutations=pbt_mutations(pbt),
         custom_explore_fn=explore_fn(pbt),
         synch=pbt.synch,
         log_config=True,
     )
+    if pbt.scheduler == "pb2":
+        return LineagePB2(hyperparam_bounds=pb2_bounds(pbt), **common)
+    return LineagePBT(resample_probability=pbt.resample_probability, hyperparam_mutations=pbt_mutations(pbt), **common)
 
 
 def _tune_storage(location: StorageLocation) -> tuple[str, pyarrow.fs.FileSystem | None]:

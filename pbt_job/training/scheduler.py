@@ -1,6 +1,6 @@
-"""`LineagePBT`: Ray Tune's PopulationBasedTraining made exploit-safe and recorded.
+"""`LineagePBT` / `LineagePB2`: Ray Tune's PBT (and PB2) made exploit-safe and recorded.
 
-Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into:
+Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into (PB2 inherits them):
 
 1. Retention breaks exploits. The recipient restores from a *reference* to the
    donor's checkpoint; the donor's `num_to_keep` rotation can delete it before the
@@ -33,6 +33,7 @@ from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
 from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pb2 import PB2
 
 from pbt_job.training.explore import yaml_name
 from pbt_job.training.run_files import RunFiles
@@ -50,12 +51,12 @@ def _pin_dir(trial: Trial) -> str:
     return f"{trial.storage.trial_fs_path}/{PIN_DIR}"
 
 
-class LineagePBT(PopulationBasedTraining):
-    """PopulationBasedTraining with pinned donor checkpoints, lineage and resumable state.
+class _Lineage:
+    """Pinned donor checkpoints, lineage and resumable state for a PBT-family scheduler.
 
     Args:
         run_files: The run folder's pbt-job files (lineage, state).
-        **kwargs: `PopulationBasedTraining` arguments.
+        **kwargs: The scheduler's own arguments.
     """
 
     def __init__(self, *, run_files: RunFiles, **kwargs: Any):
@@ -181,3 +182,15 @@ class LineagePBT(PopulationBasedTraining):
         ledger = self.run_files.ledger(trial.trial_id)
         ledger.last_perturbation_time = state.last_perturbation_time
         ledger.last_train_time = state.last_train_time
+
+
+class LineagePBT(_Lineage, PopulationBasedTraining):
+    """PopulationBasedTraining (Jaderberg et al. 2017) with the fixes above."""
+
+
+class LineagePB2(_Lineage, PB2):
+    """PB2 (Parker-Holder et al. 2020, https://arxiv.org/abs/2002.02518) with the fixes above.
+
+    PB2 explores with a Gaussian-process bandit over continuous bounds instead of
+    random perturbations.
+    """
