@@ -1,0 +1,101 @@
+"""LineagePBT's exploit decisions on stub trials (no Ray cluster), as Tune's own PBT tests do."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from types import SimpleNamespace
+
+import pyarrow.fs
+import pytest
+from ray.train._internal.session import _TrainingResult
+from ray.tune import Checkpoint
+from ray.tune.schedulers.pbt import _PBTTrialState
+
+from pbt_job.training.config import PBTConfig
+from pbt_job.training.explore import explore_fn, pbt_mutations
+from pbt_job.training.run_files import LINEAGE_FILE, RunFiles
+from pbt_job.training.scheduler import LineagePBT
+
+
+class StubTrial(SimpleNamespace):
+    """What the scheduler reads of a Tune trial; hashable like one."""
+
+    __hash__ = object.__hash__
+
+
+def stub_trial(trial_id: str, latest: Checkpoint | None = None) -> StubTrial:
+    result = _TrainingResult(checkpoint=latest, metrics={"training_iteration": 4}) if latest else None
+    return StubTrial(
+        trial_id=trial_id, experiment_tag=trial_id, config={}, status="RUNNING",
+        run_metadata=SimpleNamespace(checkpoint_manager=SimpleNamespace(latest_checkpoint_result=result)),
+    )
+
+
+@pytest.fixture()
+def scheduler(tmp_path):
+    pbt = PBTConfig()
+    sched = LineagePBT(
+        run_files=RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path)),
+        time_attr="training_iteration", metric="pbt_score", mode="max", perturbation_interval=2,
+        hyperparam_mutations=pbt_mutations(pbt), custom_explore_fn=explore_fn(pbt),
+    )
+    return sched
+
+
+def add(scheduler, trial, score: float, iteration: int, checkpoint=None):
+    state = _PBTTrialState(trial)
+    state.last_score, state.last_checkpoint = score, checkpoint
+    state.last_result = {"training_iteration": iteration, "pbt_score": score}
+    scheduler._trial_state[trial] = state
+    return state
+
+
+def checkpoint_dir(tmp_path, name: str, exists: bool = True) -> Checkpoint:
+    path = tmp_path / name
+    if exists:
+        path.mkdir()
+    return Checkpoint(str(path))
+
+
+def test_donor_without_an_exploit_checkpoint_falls_back_to_its_latest(scheduler, tmp_path):
+    """Tune skips the exploit ("[pbt]: no checkpoint for trial ... Skip exploit") when the donor was
+    not in the upper quantile at its own last perturbation; LineagePBT uses its latest checkpoint."""
+    latest = checkpoint_dir(tmp_path, "donor_latest")
+    donor = stub_trial("donor", latest=latest)
+    state = add(scheduler, donor, 10.0, 4, checkpoint=None)
+    assert scheduler._has_usable_checkpoint(donor)
+    assert state.last_checkpoint is latest
+    assert state.last_result == {"training_iteration": 4}
+
+
+def test_donor_checkpoint_rotated_away_falls_back_to_its_latest(scheduler, tmp_path):
+    gone = checkpoint_dir(tmp_path, "rotated", exists=False)
+    latest = checkpoint_dir(tmp_path, "donor_latest")
+    donor = stub_trial("donor", latest=latest)
+    state = add(scheduler, donor, 10.0, 4, checkpoint=gone)
+    assert scheduler._has_usable_checkpoint(donor)
+    assert state.last_checkpoint is latest
+
+
+def test_a_due_exploit_without_any_donor_checkpoint_is_logged_as_skipped(scheduler, tmp_path):
+    donor, recipient = stub_trial("donor"), stub_trial("recipient")
+    add(scheduler, donor, 10.0, 4)
+    add(scheduler, recipient, 1.0, 4)
+    scheduler._checkpoint_or_exploit(recipient, None, [donor], [recipient])
+    events = [json.loads(line) for line in (tmp_path / LINEAGE_FILE).read_text().splitlines()]
+    assert events == [
+        {"event": "skip", "iteration": 4, "recipient": "recipient", "reason": events[0]["reason"], "time": events[0]["time"]}
+    ]
+    assert "checkpoint" in events[0]["reason"]
+
+
+def test_lineage_replaces_a_replayed_event_instead_of_duplicating_it(tmp_path):
+    """After a resume Tune may redo an exploit at the same recipient iteration: one line stays."""
+    files = RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path))
+    files.record({"event": "exploit", "recipient": "a", "iteration": 2, "donor": "b"})
+    files.record({"event": "exploit", "recipient": "a", "iteration": 4, "donor": "b"})
+    again = RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path))
+    again.record({"event": "exploit", "recipient": "a", "iteration": 2, "donor": "c"})
+    lines = (tmp_path / LINEAGE_FILE).read_text().splitlines()
+    assert [(e["iteration"], e["donor"]) for e in map(json.loads, lines)] == [(4, "b"), (2, "c")]
