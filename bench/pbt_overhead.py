@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
+import inspect
+import math
 import json
 import logging
 import os
@@ -50,6 +53,7 @@ REFERENCE = {
 
 from ray import tune  # noqa: E402
 
+from pbt_job.training.algorithm import PBTPPO  # noqa: E402
 from pbt_job.training.run import RunRecorder  # noqa: E402
 
 logger = logging.getLogger("bench.pbt_overhead")
@@ -82,11 +86,12 @@ def machine() -> dict[str, Any]:
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.rstrip()
         except (OSError, subprocess.CalledProcessError):
             return None
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
+    diff = git("diff", "HEAD", "--", "pbt_job")
     return {
         "cpu_model": cpu_model,
         "nproc": len(os.sched_getaffinity(0)),
@@ -99,6 +104,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "git_commit": git("rev-parse", "HEAD"),
         "git_tracked_files_dirty": bool(dirty) if dirty is not None else None,
+        "git_modified_files": [line[3:] for line in dirty.splitlines()] if dirty else [],
+        "git_pbt_job_uncommitted_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
     }
 
 
@@ -107,6 +114,7 @@ def machine() -> dict[str, Any]:
 
 def timed(owner: Any, name: str, key: str) -> None:
     """Wrap `owner.name` with a wall-clock timer recorded under TIMERS[key] (behaviour unchanged)."""
+    static = isinstance(inspect.getattr_static(owner, name), staticmethod)
     original = getattr(owner, name)
 
     @functools.wraps(original)
@@ -117,7 +125,7 @@ def timed(owner: Any, name: str, key: str) -> None:
         finally:
             TIMERS.setdefault(f"{MODE['name']}:{key}", []).append(time.perf_counter() - started)
 
-    setattr(owner, name, wrapper)
+    setattr(owner, name, staticmethod(wrapper) if static else wrapper)
 
 
 def install_timers() -> None:
@@ -161,6 +169,14 @@ class TimelineMixin:
         self._event("checkpoint", trial, path=getattr(checkpoint, "path", None))
         super().on_checkpoint(iteration, trials, trial, checkpoint, **info)
 
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event("error", trial)
+        super().on_trial_error(iteration, trials, trial, **info)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._event("recover", trial)
+        super().on_trial_recover(iteration, trials, trial, **info)
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._event(
             "result",
@@ -172,6 +188,36 @@ class TimelineMixin:
             step_env_steps_per_s=result.get("env_steps_per_s"),
         )
         super().on_trial_result(iteration, trials, trial, result, **info)
+
+
+class _NaNSafeScore:
+    """Workaround for a pbt_job bug (bench only): RLlib 2.60 reports `env_runners/num_episodes` as
+    NaN in an iteration that finished no episode once one has finished before, and
+    `EpisodeReturnScore.update` does `int(NaN or 0)` -> ValueError, failing the trial. NaN -> 0."""
+
+    def __init__(self, score: Any):
+        self._inner = score
+        self.nan_count = 0
+
+    def update(self, env_runners: dict[str, Any]) -> float:
+        count = env_runners.get("num_episodes")
+        if isinstance(count, float) and math.isnan(count):
+            self.nan_count += 1
+            env_runners = {**env_runners, "num_episodes": 0}
+        return self._inner.update(env_runners)
+
+
+class GuardedPBTPPO(PBTPPO):
+    """PBTPPO with only the NaN workaround above; used by both modes unless --no-nan-guard."""
+
+    def setup(self, config: Any) -> None:
+        super().setup(config)
+        self._score = _NaNSafeScore(self._score)
+
+    def step(self) -> dict[str, Any]:
+        result = super().step()
+        result["bench_nan_num_episodes_guarded"] = self._score.nan_count
+        return result
 
 
 class FifoTimeline(TimelineMixin, tune.Callback):
@@ -211,6 +257,8 @@ def timeline_summary(mode: str, wall_s: float, population: int) -> dict[str, Any
         "restores": sum(1 for e in events if e["kind"] == "restore"),
         "results_right_after_restore": len(restarted),
         "checkpoints_registered": sum(1 for e in events if e["kind"] == "checkpoint"),
+        "trial_failures_recovered": sum(1 for e in events if e["kind"] == "recover"),
+        "trial_errors": sum(1 for e in events if e["kind"] == "error"),
         "trial_seconds_available": round(population * wall_s, 3),
         "trial_seconds_in_step": round(busy, 3),
         "share_of_trial_time_in_step": round(busy / (population * wall_s), 4) if wall_s > 0 else None,
@@ -279,16 +327,13 @@ def timer_stats(mode: str) -> dict[str, Any]:
     return out
 
 
-def run_fifo(job, storage: Path) -> dict[str, Any]:
-    from ray import tune
-
-    from pbt_job.training.algorithm import PBTPPO
+def run_fifo(job, storage: Path, trainable: type) -> dict[str, Any]:
     from pbt_job.training.run import MAX_TRIAL_FAILURES, param_space
 
     MODE["name"] = "fifo"
     seed_everything(job.pbt.seed)
     tuner = tune.Tuner(
-        PBTPPO,
+        trainable,
         param_space=param_space(job),
         tune_config=tune.TuneConfig(num_samples=job.pbt.population),
         run_config=tune.RunConfig(
@@ -325,9 +370,7 @@ def run_fifo(job, storage: Path) -> dict[str, Any]:
     }
 
 
-def run_pbt(job, storage: Path) -> dict[str, Any]:
-    from ray import tune
-
+def run_pbt(job, storage: Path, trainable: type) -> dict[str, Any]:
     from pbt_job.storage import parse_storage_uri
     from pbt_job.training import run as run_module
     from pbt_job.training.run_files import parse_lineage
@@ -335,8 +378,8 @@ def run_pbt(job, storage: Path) -> dict[str, Any]:
     MODE["name"] = "pbt"
     seed_everything(job.pbt.seed)
     # Same callback as train() builds, plus the driver-side timeline (looked up at call time).
-    original_recorder = run_module.RunRecorder
-    run_module.RunRecorder = RecorderTimeline
+    original_recorder, original_trainable = run_module.RunRecorder, run_module.PBTPPO
+    run_module.RunRecorder, run_module.PBTPPO = RecorderTimeline, trainable
     logger.info("[bench] PBT: %d trials x %d iterations, perturbation interval %d",
                 job.pbt.population, job.stop.training_iteration, job.pbt.perturbation_interval)
     try:
@@ -344,7 +387,7 @@ def run_pbt(job, storage: Path) -> dict[str, Any]:
         outcome = run_module.train(job, parse_storage_uri(str(storage)), "pbt", resume="never")
         train_wall = time.perf_counter() - started
     finally:
-        run_module.RunRecorder = original_recorder
+        run_module.RunRecorder, run_module.PBTPPO = original_recorder, original_trainable
     fit_wall = TIMERS["pbt:tuner_fit"][-1]
     run_dir = storage / "pbt"
     per_trial = steps_from_result_files(run_dir)
@@ -416,7 +459,11 @@ def bench_exploit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     s3 = filesystem(location)
     local = pyarrow.fs.LocalFileSystem()
     try:
-        job = load_config(REFERENCE_CONFIG)  # default env 25 x 25, default model, default ppo settings
+        # Default env 25 x 25, default model (what sets the checkpoint size), default ppo settings but
+        # the warm-up iteration's batch (it only has to create the optimizer state).
+        warmup = [f"ppo.train_batch_size_per_learner={args.exploit_train_batch}",
+                  f"ppo.minibatch_size={min(args.exploit_train_batch, 256)}", "ppo.num_epochs=1"]
+        job = load_config(REFERENCE_CONFIG, warmup if args.exploit_train_batch else [])
         logger.info("[bench] exploit: building donor and recipient PBTPPO (reference game, default model)")
         started = time.perf_counter()
         donor = PBTPPO(config=build_ppo_config(job))
@@ -459,6 +506,7 @@ def bench_exploit(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "conv_channels_prey_obs9": default_conv_channels(job.env.obs_range_prey),
                 "hidden_sizes": default_hidden_sizes(9),
             },
+            "warmup_overrides": warmup if args.exploit_train_batch else [],
             "checkpoint_bytes": size,
             "checkpoint_files": files,
             "donor_build_s": round(build_s, 3),
@@ -479,10 +527,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=6, help="training iterations per trial (default 6)")
     parser.add_argument("--population", type=int, default=2, help="trials (default 2)")
     parser.add_argument("--interval", type=int, default=2, help="PBT perturbation interval (default 2)")
-    parser.add_argument("--train-batch", type=int, default=512, help="train_batch_size_per_learner (default 512)")
+    parser.add_argument("--train-batch", type=int, default=128, help="train_batch_size_per_learner (default 128)")
     parser.add_argument("--minibatch", type=int, default=128, help="minibatch_size (default 128)")
     parser.add_argument("--epochs", type=int, default=2, help="num_epochs (default 2)")
+    parser.add_argument("--exploit-train-batch", type=int, default=128,
+                        help="train batch of the exploit part's single warm-up iteration (0: the default 1024, 10 epochs)")
+    parser.add_argument("--no-nan-guard", action="store_true",
+                        help="run pbt_job's PBTPPO as is (trials fail on NaN num_episodes, see GuardedPBTPPO)")
     parser.add_argument("--exploits", type=int, default=5, help="save/restore rounds through S3 (default 5)")
+    parser.add_argument("--keep-dir", action="store_true", help="keep the temp run folders (path logged)")
     parser.add_argument("--skip-overhead", action="store_true", help="only the exploit-cost part")
     parser.add_argument("--skip-exploit", action="store_true", help="only the overhead part")
     return parser.parse_args(argv)
@@ -510,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     out["settings"] = {k: v for k, v in vars(args).items()}
     install_timers()
     tmp = Path(tempfile.mkdtemp(prefix="pbt-bench-"))
+    out["settings"]["tmp_dir"] = str(tmp)
     try:
         if not args.skip_overhead:
             job = bench_job(args)
@@ -527,18 +581,29 @@ def main(argv: list[str] | None = None) -> int:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             with contextlib.suppress(Exception):
                 out["ray_session_dir"] = ray._private.worker._global_node.get_session_dir_path()
-            fifo = run_fifo(job, tmp)
-            pbt = run_pbt(job, tmp)
+            trainable = PBTPPO if args.no_nan_guard else GuardedPBTPPO
+            out["settings"]["trainable"] = trainable.__name__
+            fifo = run_fifo(job, tmp, trainable)
+            pbt = run_pbt(job, tmp, trainable)
             out["fifo"], out["pbt"] = fifo, pbt
             out["overhead"] = round(1 - pbt["env_steps_per_s"] / fifo["env_steps_per_s"], 4)
             out["overhead_train_call"] = round(1 - pbt["env_steps_per_s_train_call"] / fifo["env_steps_per_s"], 4)
             out["overhead_meets_target"] = out["overhead"] <= REFERENCE["target_overhead_max"]
+            # Env speed varies with the number of live agents (it differs between runs and after a clone
+            # starts a fresh episode); the share of trial time spent inside Algorithm.step() does not.
+            share_fifo = fifo["timeline"]["share_of_trial_time_in_step"]
+            share_pbt = pbt["timeline"]["share_of_trial_time_in_step"]
+            if share_fifo and share_pbt:
+                out["overhead_by_time_in_step"] = round(1 - share_pbt / share_fifo, 4)
         if not args.skip_exploit:
             exploit = bench_exploit(args, tmp)
             exploit["meets_target"] = exploit["total"]["mean_s"] <= REFERENCE["target_exploit_s_max"]
             out["exploit_s3"] = exploit
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep_dir:
+            logger.info("[bench] run folders kept in %s", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         if ray.is_initialized():
             ray.shutdown()
     out["script_wall_s"] = round(time.perf_counter() - started, 1)
