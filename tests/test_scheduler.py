@@ -99,3 +99,16 @@ def test_lineage_replaces_a_replayed_event_instead_of_duplicating_it(tmp_path):
     again.record({"event": "exploit", "recipient": "a", "iteration": 2, "donor": "c"})
     lines = (tmp_path / LINEAGE_FILE).read_text().splitlines()
     assert [(e["iteration"], e["donor"]) for e in map(json.loads, lines)] == [(4, "b"), (2, "c")]
+
+
+def test_exploit_from_a_donor_whose_checkpoint_vanished_is_skipped_not_fatal(scheduler, tmp_path):
+    """The donor's pending save resolved to a checkpoint that retention already deleted, and it
+    has no other: the exploit is skipped and logged; the run (and the recipient) go on."""
+    donor, recipient = stub_trial("donor"), stub_trial("recipient")
+    add(scheduler, donor, 10.0, 4, checkpoint=checkpoint_dir(tmp_path, "rotated", exists=False))
+    add(scheduler, recipient, 1.0, 4)
+    scheduler._exploit(None, recipient, donor)
+    events = [json.loads(line) for line in (tmp_path / LINEAGE_FILE).read_text().splitlines()]
+    assert [(e["event"], e["recipient"]) for e in events] == [("skip", "recipient")]
+    assert "no checkpoint left" in events[0]["reason"]
+    assert recipient.config == {}, "the recipient keeps its config"

@@ -36,6 +36,12 @@ def test_explore_fixups_keeps_train_batch_at_least_twice_the_minibatch_and_withi
     assert fixed == {"minibatch_size": 512, train: 2048, "num_epochs": 10}
 
 
+def test_explore_fixups_leaves_settings_that_are_not_mutated_alone():
+    only_lr = PBTConfig(mutations={"lr": {"type": "choice", "values": [1e-3, 1e-4]}})
+    config = {"lr": 3e-4, "minibatch_size": 256, tune_key("train_batch_size_per_learner"): 256, "num_epochs": 40}
+    assert explore_fixups(config, only_lr) == {**config, "lr": 1e-4}
+
+
 def test_explore_fixups_clamps_range_mutations_into_their_domain():
     pbt = REFERENCE.pbt
     assert explore_fixups({"clip_param": 0.3 * 1.2}, pbt)["clip_param"] == 0.3
@@ -70,6 +76,14 @@ def test_score_falls_back_to_reward_rate_until_an_episode_ends():
     assert score.update({"num_episodes": 1, "episode_return_mean": 60.0}) == pytest.approx(40.0)
     assert score.update(no_episode) == pytest.approx(60.0), "the last 2 iterations hold one episode"
     assert score.update(no_episode) == pytest.approx(50.0), "no episode within 2 iterations: fallback"
+
+
+def test_score_survives_nan_episode_counts():
+    """Ray 2.60 reports num_episodes as NaN (not 0) in an iteration without finished episodes."""
+    score = EpisodeReturnScore(max_steps=100, window=3)
+    assert score.update({"num_episodes": 1, "episode_return_mean": 20.0}) == 20.0
+    nan_iteration = {"num_episodes": math.nan, "episode_return_mean": math.nan, REWARD_SUM_KEY: 1.0, ENV_STEPS_KEY: 10}
+    assert score.update(nan_iteration) == 20.0
 
 
 def test_score_window_must_be_positive():

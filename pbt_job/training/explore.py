@@ -64,16 +64,19 @@ def pb2_bounds(pbt: PBTConfig) -> dict[str, list[float]]:
 
 
 def explore_fixups(config: dict[str, Any], pbt: PBTConfig) -> dict[str, Any]:
-    """Restore the constraints a perturbation may break; `config` uses Tune keys.
+    """Restore the constraints a perturbation may break; only mutated settings change.
+
+    `config` uses Tune keys.
 
     * Range mutations are clamped into [low, high] (Tune's 0.8/1.2 scaling can leave them);
       under PB2, which proposes any value in a choice's span, choices snap to the nearest value.
-    * minibatch <= max_train_batch_size / 2, then
+    * When a batch size is mutated: minibatch <= max_train_batch_size / 2, then
       2 x minibatch <= train batch <= max_train_batch_size.
-    * min_epochs <= num_epochs <= max_epochs.
-    Integer settings are integers afterwards.
+    * When num_epochs is mutated: min_epochs <= num_epochs <= max_epochs.
+    Mutated integer settings are integers afterwards.
     """
     fixed = dict(config)
+    mutated = {tune_key(name) for name in pbt.mutations}
     for name, mutation in pbt.mutations.items():
         key = tune_key(name)
         if key not in fixed:
@@ -82,16 +85,13 @@ def explore_fixups(config: dict[str, Any], pbt: PBTConfig) -> dict[str, Any]:
             fixed[key] = min(mutation.values, key=lambda value: abs(value - fixed[key]))
         else:
             fixed[key] = min(max(fixed[key], mutation.low), mutation.high)
-    for name in INTEGER_SETTINGS:
-        if tune_key(name) in fixed:
-            fixed[tune_key(name)] = int(round(fixed[tune_key(name)]))
+        if name in INTEGER_SETTINGS:
+            fixed[key] = int(round(fixed[key]))
     train_key = tune_key("train_batch_size_per_learner")
-    if "minibatch_size" in fixed:
+    if {"minibatch_size", train_key} & mutated and {"minibatch_size", train_key} <= fixed.keys():
         fixed["minibatch_size"] = max(1, min(fixed["minibatch_size"], pbt.max_train_batch_size // 2))
-    if train_key in fixed:
-        floor = 2 * fixed.get("minibatch_size", 1)
-        fixed[train_key] = min(max(fixed[train_key], floor), pbt.max_train_batch_size)
-    if "num_epochs" in fixed:
+        fixed[train_key] = min(max(fixed[train_key], 2 * fixed["minibatch_size"]), pbt.max_train_batch_size)
+    if "num_epochs" in mutated and "num_epochs" in fixed:
         fixed["num_epochs"] = min(max(fixed["num_epochs"], pbt.min_epochs), pbt.max_epochs)
     return fixed
 

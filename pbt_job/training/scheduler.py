@@ -100,21 +100,31 @@ class _Lineage:
 
     def _exploit(self, tune_controller, trial: Trial, trial_to_clone: Trial) -> None:
         recipient_state, donor_state = self._trial_state[trial], self._trial_state[trial_to_clone]
-        before = copy.deepcopy(trial.config)
+        iteration = int(recipient_state.last_result.get("training_iteration", 0))
+        if not _exists(donor_state.last_checkpoint) and not self._has_usable_checkpoint(trial_to_clone):
+            self._record_skip(trial, f"donor {trial_to_clone.trial_id} has no checkpoint left on storage")
+            return
         donor_checkpoint = donor_state.last_checkpoint
+        pin_path = f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}"
+        try:
+            self._copy_to_pin(donor_checkpoint, trial, pin_path)
+        except OSError as err:
+            self._record_skip(trial, f"copying donor {trial_to_clone.trial_id}'s checkpoint failed: {err}")
+            return
+        before = copy.deepcopy(trial.config)
         super()._exploit(tune_controller, trial, trial_to_clone)
-        pinned = self._pin(tune_controller, trial, donor_checkpoint)
+        self._restore_from_pin(tune_controller, trial, pin_path)
         mutated = list(self._hyperparam_mutations)
         self.run_files.record(
             {
                 "event": "exploit",
                 "time": time.time(),
-                "iteration": int(recipient_state.last_result.get("training_iteration", 0)),
+                "iteration": iteration,
                 "recipient": trial.trial_id,
                 "donor": trial_to_clone.trial_id,
                 "donor_iteration": int(donor_state.last_result.get("training_iteration", 0)),
                 "donor_checkpoint": donor_checkpoint.path,
-                "pinned_checkpoint": pinned,
+                "pinned_checkpoint": pin_path,
                 "recipient_metric": self._metric_op * recipient_state.last_score,
                 "donor_metric": self._metric_op * donor_state.last_score,
                 "config_before": {yaml_name(k): before.get(k) for k in mutated},
@@ -123,10 +133,12 @@ class _Lineage:
         )
         self._remember(trial)
 
-    def _pin(self, tune_controller, trial: Trial, donor_checkpoint: Checkpoint) -> str:
-        """Copy the donor's checkpoint into the recipient's folder and restore from the copy."""
+    @staticmethod
+    def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
+        """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything)."""
         fs = trial.storage.storage_filesystem
-        pin_path = f"{_pin_dir(trial)}/exploit_{self._num_perturbations:05d}"
+        if _exists_at_fs_path(fs, pin_path):
+            _delete_fs_path(fs, pin_path)
         pyarrow.fs.copy_files(
             donor_checkpoint.path,
             pin_path,
@@ -134,13 +146,16 @@ class _Lineage:
             destination_filesystem=fs,
             use_threads=False,
         )
+
+    def _restore_from_pin(self, tune_controller, trial: Trial, pin_path: str) -> None:
+        """Point the recipient's restore at its pinned copy and drop older pins."""
+        fs = trial.storage.storage_filesystem
         manager = trial.run_metadata.checkpoint_manager
         metrics = manager.latest_checkpoint_result.metrics
         manager._latest_checkpoint_result = _TrainingResult(checkpoint=Checkpoint(pin_path, filesystem=fs), metrics=metrics)
         self._delete_pins(tune_controller, trial, keep=pin_path)
         self._pinned[trial.trial_id] = True
-        logger.info("[exploit] pinned %s for %s at %s", donor_checkpoint.path, trial, pin_path)
-        return pin_path
+        logger.info("[exploit] %s restores from its pinned copy %s", trial, pin_path)
 
     def _release_pin_if_unneeded(self, tune_controller, trial: Trial) -> None:
         """Drop the trial's pin once its latest checkpoint is its own (checked once per trial after a restart)."""

@@ -50,7 +50,8 @@ class EpisodeReturnScore:
 
     def update(self, env_runners: dict[str, Any]) -> float:
         """Fold in one iteration's `result["env_runners"]` and return the score."""
-        count = int(env_runners.get("num_episodes", 0) or 0)
+        count = env_runners.get("num_episodes", 0)  # Ray 2.60 reports NaN, not 0, in some iterations
+        count = int(count) if _finite(count) else 0
         mean = env_runners.get("episode_return_mean", math.nan)
         self._episodes.append((float(mean) * count, count) if count > 0 and _finite(mean) else (0.0, 0))
         episodes = sum(n for _, n in self._episodes)
