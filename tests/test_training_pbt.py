@@ -30,8 +30,9 @@ def results_of(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def first_result_after(results: list[dict], iteration: int) -> dict:
-    return next(r for r in results if r["training_iteration"] > iteration and RESTORED_KEY in r)
+def first_result_after(results: list[dict], event: dict) -> dict:
+    """The recipient's first result after the exploit (its iteration count is then the donor's)."""
+    return next(r for r in results if RESTORED_KEY in r and r["timestamp"] >= int(event["time"]))
 
 
 def assert_explored_within_domains(event: dict) -> None:
@@ -72,7 +73,7 @@ def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
         assert event["recipient"] != event["donor"]
         assert_explored_within_domains(event)
         trial_dir = next(run.glob(f"*_{event['recipient']}_*"))
-        restored = first_result_after(results_of((trial_dir / "result.json").read_text()), event["iteration"])
+        restored = first_result_after(results_of((trial_dir / "result.json").read_text()), event)
         assert_recipient_trains_with_its_new_config(event, restored[RESTORED_KEY])
         for policy, applied in restored[RESTORED_KEY].items():
             donor_module = RLModule.from_checkpoint(Path(event["donor_checkpoint"]) / MODULES_IN_CHECKPOINT / policy)
@@ -111,7 +112,7 @@ def test_s3_run_with_small_retention_never_loses_a_donor_checkpoint(ray_start_2_
         assert_explored_within_domains(event)
         trial_dir = next(d for d in trial_dirs if f"_{event['recipient']}_" in d)
         results = results_of(read_object(bucket, f"runs/retention/{trial_dir}/result.json"))
-        assert_recipient_trains_with_its_new_config(event, first_result_after(results, event["iteration"])[RESTORED_KEY])
+        assert_recipient_trains_with_its_new_config(event, first_result_after(results, event)[RESTORED_KEY])
 
 
 def test_stock_pbt_loses_the_donor_checkpoint_to_retention(ray_start_2_cpus, bucket):
