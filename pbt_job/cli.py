@@ -7,6 +7,7 @@ credentials refused), with one line naming the field or the fix; 1 training fail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -83,13 +84,17 @@ def _progress_reporter(job):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pbt_job import metrics
     from pbt_job.storage import parse_storage_uri
 
     job = _load(args)
     location = parse_storage_uri(args.storage)
-    name = job.name
-    from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
-    outcome = train(job, location, name, resume=args.resume, progress_reporter=_progress_reporter(job))
+    with contextlib.ExitStack() as stack:
+        if job.metrics_port:
+            server = stack.enter_context(metrics.serve(job.metrics_port))
+            print(f"metrics: http://localhost:{server.port}/metrics")
+        from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
+        outcome = train(job, location, job.name, resume=args.resume, progress_reporter=_progress_reporter(job))
     summary = outcome.summary
     print(f"run {outcome.run_uri}: best trial {summary['best_trial']} {summary['metric']}={summary['best_metric']} "
           f"after {summary['exploits']} exploits, {summary['env_steps_total']} env steps in {summary['wall_time_s']:.0f} s")

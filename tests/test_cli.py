@@ -181,7 +181,7 @@ def test_sigkill_mid_run_then_the_same_command_resumes(bucket, tmp_path):
     for event in lineage_before:
         assert (event["recipient"], event["iteration"], event["event"]) in keys
     summary = json.loads(read_object(bucket, f"{run}/summary.json"))
-    assert summary["exploits"] == sum(1 for e in lineage_after if e["event"] == "exploit")
+    assert summary["exploits"] == len(lineage_after)
 
     client = boto3.client("s3")
     before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}

@@ -14,7 +14,7 @@ from ray.tune.schedulers.pbt import _PBTTrialState
 
 from pbt_job.training.config import PBTConfig
 from pbt_job.training.explore import explore_fn, pbt_mutations
-from pbt_job.training.run_files import LINEAGE_FILE, RunFiles
+from pbt_job.training.run_files import LINEAGE_FILE, SKIPS_FILE, RunFiles
 from pbt_job.training.scheduler import LineagePBT
 
 
@@ -83,7 +83,7 @@ def test_a_due_exploit_without_any_donor_checkpoint_is_logged_as_skipped(schedul
     add(scheduler, donor, 10.0, 4)
     add(scheduler, recipient, 1.0, 4)
     scheduler._checkpoint_or_exploit(recipient, None, [donor], [recipient])
-    events = [json.loads(line) for line in (tmp_path / LINEAGE_FILE).read_text().splitlines()]
+    events = [json.loads(line) for line in (tmp_path / SKIPS_FILE).read_text().splitlines()]
     assert events == [
         {"event": "skip", "iteration": 4, "recipient": "recipient", "reason": events[0]["reason"], "time": events[0]["time"]}
     ]
@@ -108,7 +108,8 @@ def test_exploit_from_a_donor_whose_checkpoint_vanished_is_skipped_not_fatal(sch
     add(scheduler, donor, 10.0, 4, checkpoint=checkpoint_dir(tmp_path, "rotated", exists=False))
     add(scheduler, recipient, 1.0, 4)
     scheduler._exploit(None, recipient, donor)
-    events = [json.loads(line) for line in (tmp_path / LINEAGE_FILE).read_text().splitlines()]
+    assert not (tmp_path / LINEAGE_FILE).exists(), "lineage holds exploits only"
+    events = [json.loads(line) for line in (tmp_path / SKIPS_FILE).read_text().splitlines()]
     assert [(e["event"], e["recipient"]) for e in events] == [("skip", "recipient")]
     assert "no checkpoint left" in events[0]["reason"]
     assert recipient.config == {}, "the recipient keeps its config"

@@ -8,6 +8,9 @@
   after the next full update: the recipient's first iteration would train with the
   donor's lr (ray-project/ray#62173; related #54755, #53831).
 * Each result carries `pbt_score` (see `score.py`), defined from the first iteration.
+* Each result carries env and agent steps per second, and the duration and size
+  of the checkpoints saved since the previous result (Tune saves between results;
+  the driver's exporter learns of them with the next result).
 * The first result after a restore carries `restored_hyperparameters`: the lr,
   entropy and clip coefficients the learners will really use, and a digest of the
   loaded weights, so tests can check the recipient trains the donor's weights with
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 RESTORED_KEY = "restored_hyperparameters"
 ENV_STEPS_PER_S_KEY = "env_steps_per_s"
+AGENT_STEPS_PER_S_KEY = "agent_steps_per_s"
+CHECKPOINTS_KEY = "checkpoints_saved"
+"""Per checkpoint saved since the previous result: `[seconds to save and persist, bytes]`."""
 
 
 def build_ppo_config(job: JobConfig) -> PPOConfig:
@@ -125,6 +132,19 @@ class PBTPPO(PPO):
         super().setup(config)
         self._score = EpisodeReturnScore(max_steps=int(self.config.env_config.get("max_steps", 1000)))
         self._hyperparameters_after_restore: dict[str, Any] | None = None
+        self._checkpoints_saved: list[list[float]] = []
+        self._last_checkpoint_bytes = 0
+
+    def save_checkpoint(self, checkpoint_dir: str) -> Any:
+        saved = super().save_checkpoint(checkpoint_dir)
+        self._last_checkpoint_bytes = sum(f.stat().st_size for f in Path(checkpoint_dir).rglob("*") if f.is_file())
+        return saved
+
+    def save(self, checkpoint_dir: str | None = None) -> Any:
+        started = time.perf_counter()
+        saved = super().save(checkpoint_dir)
+        self._checkpoints_saved.append([time.perf_counter() - started, self._last_checkpoint_bytes])
+        return saved
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         super().load_checkpoint(checkpoint_dir)
@@ -139,6 +159,8 @@ class PBTPPO(PPO):
         env_runners = result.get("env_runners", {})
         result[SCORE_KEY] = self._score.update(env_runners)
         result[ENV_STEPS_PER_S_KEY] = env_runners.get("num_env_steps_sampled", 0) / seconds
+        result[AGENT_STEPS_PER_S_KEY] = sum((env_runners.get("num_module_steps_sampled") or {}).values()) / seconds
+        result[CHECKPOINTS_KEY], self._checkpoints_saved = self._checkpoints_saved, []
         if self._hyperparameters_after_restore is not None:
             result[RESTORED_KEY] = self._hyperparameters_after_restore
             self._hyperparameters_after_restore = None

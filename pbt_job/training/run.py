@@ -22,8 +22,10 @@ from pbt_job.storage import StorageLocation, check_storage, filesystem
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations, yaml_name
+from pbt_job.training.live_metrics import LiveMetrics
 from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
+from pbt_job.training.score import metric_value
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +66,8 @@ class RunRecorder(tune.Callback):
             ledger.session_starts.append(ledger.iteration - int(result.get("iterations_since_restore", 1)))
         ledger.env_steps_total += int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
         ledger.config = {yaml_name(k): trial.config.get(k) for k in self.mutated}
-        ledger.metric = _lookup(result, self.metric)
+        ledger.metric = metric_value(result, self.metric)
         self.run_files.save_ledgers()
-
-
-def _lookup(result: dict[str, Any], dotted: str) -> float | None:
-    """`result["a"]["b"]` for the flattened key `a/b`."""
-    node: Any = result
-    for part in dotted.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, (int, float)) else None
 
 
 def param_space(job: JobConfig) -> dict[str, Any]:
@@ -156,7 +148,10 @@ def train(
                     checkpoint_at_end=job.checkpoints.at_end,
                 ),
                 failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-                callbacks=[RunRecorder(run_files, job.pbt.metric, mutated)],
+                callbacks=[
+                    RunRecorder(run_files, job.pbt.metric, mutated),
+                    LiveMetrics(run_files, job.pbt.metric, job.pbt.mode, mutated),
+                ],
                 progress_reporter=progress_reporter,
                 verbose=1,
             ),
@@ -170,24 +165,25 @@ def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str) -> 
     """`summary.json` and `best/<policy>/` from the final results."""
     wall_time_s = run_files.wall_time()
     ledgers = run_files.ledgers()
-    scored = [r for r in results if r.metrics and _lookup(r.metrics, metric) is not None]
+    scored = [r for r in results if r.metrics and metric_value(r.metrics, metric) is not None]
     pick = max if mode == "max" else min
-    best = pick(scored, key=lambda r: _lookup(r.metrics, metric)) if scored else None
+    best = pick(scored, key=lambda r: metric_value(r.metrics, metric)) if scored else None
     env_steps = sum(ledger.env_steps_total for ledger in ledgers.values())
-    lineage = run_files.lineage()
     summary: dict[str, Any] = {
         "metric": metric,
         "mode": mode,
         "best_trial": best.metrics.get("trial_id") if best else None,
-        "best_metric": _lookup(best.metrics, metric) if best else None,
+        "best_metric": metric_value(best.metrics, metric) if best else None,
         "best_hyperparameters": ledgers[best.metrics["trial_id"]].config if best else {},
-        "exploits": sum(1 for e in lineage if e.get("event", "exploit") == "exploit"),
-        "skipped_exploits": sum(1 for e in lineage if e.get("event") == "skip"),
+        "exploits": len(run_files.lineage()),
+        "skipped_exploits": len(run_files.skips()),
         "env_steps_total": env_steps,
         "wall_time_s": round(wall_time_s, 3),
         "env_steps_per_s": round(env_steps / wall_time_s, 3) if wall_time_s > 0 else None,
-        "trials": {trial_id: {"iteration": l.iteration, "metric": l.metric, "env_steps_total": l.env_steps_total}
-                   for trial_id, l in ledgers.items()},
+        "trials": {
+            trial_id: {"iteration": l.iteration, "metric": l.metric, "env_steps_total": l.env_steps_total, "hyperparameters": l.config}
+            for trial_id, l in ledgers.items()
+        },
         "errors": len(results.errors),
     }
     if best is not None and best.checkpoint is not None:

@@ -4,8 +4,10 @@ Tune's `Tuner.restore` does not restore scheduler state (ray-project/ray#30838),
 so everything PBT and the lineage need to continue after a driver restart lives
 here, next to Tune's files, on the same storage:
 
-* `lineage.jsonl`: one JSON object per exploit (or skipped exploit), append-only
-  in meaning; rewritten whole because S3 has no append.
+* `lineage.jsonl`: one JSON object per exploit, append-only in meaning;
+  rewritten whole because S3 has no append. One line per exploit, so its line
+  count is the exploit count (`pbt_exploits_total`).
+* `exploit_skips.jsonl`: due exploits that could not happen, with the reason.
 * `pbt_state.jsonl`: per-trial perturbation times and counters (`TrialLedger`),
   one JSON document on one line. Not `.json`: on restore Tune copies every
   `.json`/`.pkl` of the run folder into its staging folder and keeps uploading
@@ -31,6 +33,7 @@ from pbt_job.storage import read_text, write_text
 logger = logging.getLogger(__name__)
 
 LINEAGE_FILE = "lineage.jsonl"
+SKIPS_FILE = "exploit_skips.jsonl"
 STATE_FILE = "pbt_state.jsonl"
 SUMMARY_FILE = "summary.json"
 BEST_DIR = "best"
@@ -83,7 +86,7 @@ class RunFiles:
         self._fs_factory = fs_factory
         self.run_path = run_path.rstrip("/")
         self._fs: pyarrow.fs.FileSystem | None = None
-        self._lineage: list[dict[str, Any]] | None = None
+        self._events: dict[str, list[dict[str, Any]]] = {}
         self._ledgers: dict[str, TrialLedger] | None = None
         self._stored_wall_time: float | None = None
         self._session_start = time.time()
@@ -104,18 +107,28 @@ class RunFiles:
         return f"{self.run_path}/{name}"
 
     def lineage(self) -> list[dict[str, Any]]:
-        if self._lineage is None:
-            text = read_text(self.fs, self.path(LINEAGE_FILE))
-            self._lineage = parse_lineage(text) if text else []
-        return self._lineage
+        """The exploits so far."""
+        return self._read_events(LINEAGE_FILE)
+
+    def skips(self) -> list[dict[str, Any]]:
+        """The due exploits that were skipped, with their reasons."""
+        return self._read_events(SKIPS_FILE)
+
+    def _read_events(self, name: str) -> list[dict[str, Any]]:
+        if name not in self._events:
+            text = read_text(self.fs, self.path(name))
+            self._events[name] = parse_lineage(text, name) if text else []
+        return self._events[name]
 
     def record(self, event: dict[str, Any]) -> None:
-        """Add one lineage event; a re-run of the same exploit (after a resume) replaces the earlier line."""
-        key = (event["recipient"], event["iteration"], event.get("event"))
-        events = [e for e in self.lineage() if (e["recipient"], e["iteration"], e.get("event")) != key]
+        """Add one exploit (or, for `event: skip`, one skipped exploit); a re-run of the same
+        exploit (after a resume) replaces the earlier line."""
+        name = SKIPS_FILE if event.get("event") == "skip" else LINEAGE_FILE
+        key = (event["recipient"], event["iteration"])
+        events = [e for e in self._read_events(name) if (e["recipient"], e["iteration"]) != key]
         events.append(event)
-        self._lineage = events
-        write_text(self.fs, self.path(LINEAGE_FILE), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+        self._events[name] = events
+        write_text(self.fs, self.path(name), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
 
     def ledgers(self) -> dict[str, TrialLedger]:
         """Per-trial ledgers, loaded from `pbt_state.jsonl` on first use."""

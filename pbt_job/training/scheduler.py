@@ -14,7 +14,7 @@ Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into (PB2 inherit
 2. "[pbt]: no checkpoint for trial ... Skip exploit": a donor only has a
    checkpoint if it was in the upper quantile at its *own* last perturbation. Here
    a due exploit falls back to the donor's latest checkpoint that still exists; if
-   the donor has none at all, the skip and its reason go to the lineage file.
+   the donor has none at all, the skip and its reason go to `exploit_skips.jsonl`.
 3. No lineage: every exploit writes one line to `lineage.jsonl`.
 4. `Tuner.restore` starts the scheduler afresh (ray-project/ray#30838): trial
    perturbation times are kept in `pbt_state.jsonl` and reloaded per trial.

@@ -1,0 +1,195 @@
+"""The Prometheus exporter over real HTTP, during a real PBT run, and the Grafana dashboard."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import urllib.request
+from functools import partial
+
+import pyarrow.fs
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, free_port
+from pbt_job import metrics
+from pbt_job.storage import parse_storage_uri
+from pbt_job.training.config import load_config
+from pbt_job.training.live_metrics import LiveMetrics
+from pbt_job.training.run import train
+from pbt_job.training.run_files import RunFiles, parse_lineage
+from test_cli import TINY, assert_bad_input, run_cli
+
+DASHBOARD = REPO / "helm" / "pbt-job" / "dashboards" / "pbt-job.json"
+EXPORTED = {
+    "pbt_trial_env_steps_per_second", "pbt_trial_agent_steps_per_second", "pbt_env_steps", "pbt_trial_iteration",
+    "pbt_trial_metric", "pbt_trial_policy_return", "pbt_best_metric", "pbt_trials", "pbt_exploits",
+    "pbt_trial_hyperparameter", "pbt_checkpoint_seconds", "pbt_checkpoint_bytes", "pbt_iteration_seconds",
+}
+
+
+def scrape(port: int) -> dict[str, list]:
+    """`/metrics` over HTTP, parsed: family name -> samples."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def by_label(samples: list, sample_name: str, label: str) -> dict[str, float]:
+    return {s.labels[label]: s.value for s in samples if s.name == sample_name}
+
+
+def value(samples: list, sample_name: str) -> float:
+    return next(s.value for s in samples if s.name == sample_name)
+
+
+class Scraper(threading.Thread):
+    """Scrapes every 0.3 s while the run trains, like Prometheus would (a bit more eagerly)."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port, self.scrapes, self.done = port, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.3):
+            self.scrapes.append(scrape(self.port))
+
+
+@pytest.mark.slow
+def test_a_real_run_is_visible_live_on_metrics(ray_start_2_cpus, tmp_path):
+    """A population of 2 trains while /metrics is scraped over HTTP, with a stalled client
+    holding a connection open all along (the exporter must not block on it).
+
+    During the run every trial with a reported iteration samples at > 0 steps/s; at the end
+    every family is exported, the exploit counter equals lineage.jsonl's line count, and the
+    hyperparameter gauges, step counters and states equal the run's final record.
+    """
+    job = load_config(TINY, ["stop.training_iteration=8"])
+    with metrics.serve(0, host="127.0.0.1") as server, socket.create_connection(("127.0.0.1", server.port)):
+        scraper = Scraper(server.port)
+        scraper.start()
+        outcome = train(job, parse_storage_uri(str(tmp_path)), "live", resume="never")
+        scraper.done.set()
+        scraper.join()
+        final = scrape(server.port)
+    assert outcome.errors == 0
+    run = tmp_path / "live"
+
+    live = [s for s in scraper.scrapes if by_label(s["pbt_trial_iteration"], "pbt_trial_iteration", "trial")]
+    assert len(live) >= 5, "scrapes answered while training"
+    for families in live:
+        rates = by_label(families["pbt_trial_env_steps_per_second"], "pbt_trial_env_steps_per_second", "trial")
+        agent_rates = by_label(families["pbt_trial_agent_steps_per_second"], "pbt_trial_agent_steps_per_second", "trial")
+        assert rates and all(rate > 0 for rate in rates.values()), rates
+        assert all(agent_rates[trial] >= rates[trial] for trial in rates), (agent_rates, rates)
+    assert any(by_label(s["pbt_trials"], "pbt_trials", "state")["RUNNING"] > 0 for s in scraper.scrapes)
+
+    assert EXPORTED <= final.keys(), EXPORTED - final.keys()
+    summary = json.loads((run / "summary.json").read_text())
+    trials = summary["trials"]
+    lineage_lines = (run / "lineage.jsonl").read_text().splitlines() if (run / "lineage.jsonl").exists() else []
+    assert value(final["pbt_exploits"], "pbt_exploits_total") == len(lineage_lines) == summary["exploits"]
+    assert by_label(final["pbt_env_steps"], "pbt_env_steps_total", "trial") == {
+        trial: record["env_steps_total"] for trial, record in trials.items()
+    }
+    assert by_label(final["pbt_trial_iteration"], "pbt_trial_iteration", "trial") == {t: 8 for t in trials}
+    assert by_label(final["pbt_trials"], "pbt_trials", "state") == {
+        "PENDING": 0, "RUNNING": 0, "PAUSED": 0, "TERMINATED": 2, "ERROR": 0
+    }
+    hyperparameters = {(s.labels["trial"], s.labels["name"]): s.value for s in final["pbt_trial_hyperparameter"]}
+    assert hyperparameters == {
+        (trial, name): pytest.approx(v) for trial, record in trials.items() for name, v in record["hyperparameters"].items()
+    }
+    assert value(final["pbt_best_metric"], "pbt_best_metric") == pytest.approx(summary["best_metric"])
+    policies = {s.labels["policy"] for s in final["pbt_trial_policy_return"]}
+    assert policies == set(job.env.policies)
+    assert value(final["pbt_checkpoint_seconds"], "pbt_checkpoint_seconds_count") >= 8
+    assert value(final["pbt_checkpoint_bytes"], "pbt_checkpoint_bytes_total") > 0
+    iteration_counts = by_label(final["pbt_iteration_seconds"], "pbt_iteration_seconds_count", "trial")
+    assert set(iteration_counts) == set(trials) and sum(iteration_counts.values()) >= 8
+
+    # A new driver session (a resume) continues the counters from the stored totals.
+    with metrics.serve(0, host="127.0.0.1") as resumed:
+        LiveMetrics(RunFiles(partial(pyarrow.fs.LocalFileSystem), str(run)), job.pbt.metric, job.pbt.mode, []).setup()
+        again = scrape(resumed.port)
+    assert by_label(again["pbt_env_steps"], "pbt_env_steps_total", "trial") == by_label(
+        final["pbt_env_steps"], "pbt_env_steps_total", "trial"
+    )
+    assert value(again["pbt_exploits"], "pbt_exploits_total") == len(parse_lineage("\n".join(lineage_lines)))
+
+
+def test_without_an_exporter_the_callback_does_nothing(tmp_path):
+    """`metrics_port: 0`: no server, and the run's callback publishes nowhere without failing."""
+    assert metrics.active() is None
+    LiveMetrics(RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path)), "pbt_score", "max", []).setup()
+    assert not any(tmp_path.iterdir())
+
+
+def test_port_in_use_is_bad_input_before_anything_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path / "runs"), "--metrics-port", str(port))
+    assert_bad_input(proc, f"metrics_port {port}", "already in use", "--metrics-port")
+    assert not (tmp_path / "runs").exists(), "nothing was written"
+
+
+@pytest.mark.parametrize(("port", "needle"), [("70000", "metrics_port"), ("-1", "metrics_port"), ("http", "--metrics-port")])
+def test_bad_metrics_port_values_are_refused(tmp_path, port, needle):
+    proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path), "--metrics-port", port)
+    assert_bad_input(proc, needle)
+
+
+def test_the_scrape_lists_every_family_before_any_trial_reports():
+    """Prometheus sees the families (trial states at 0) from the first scrape on."""
+    port = free_port()
+    with metrics.serve(port, host="127.0.0.1"):
+        families = scrape(port)
+    assert by_label(families["pbt_trials"], "pbt_trials", "state") == dict.fromkeys(metrics.TRIAL_STATES, 0)
+    assert {"pbt_best_metric", "pbt_exploits", "pbt_checkpoint_seconds"} <= families.keys()
+    assert metrics.active() is None, "closing the server deactivates its metrics"
+
+
+def dashboard_expressions(dashboard: dict) -> list[str]:
+    """Every PromQL expression: panel targets, annotation queries, variable queries."""
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    exprs += [annotation["expr"] for annotation in dashboard["annotations"]["list"] if "expr" in annotation]
+    exprs += [variable["definition"] for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
+    return exprs
+
+
+def test_dashboard_queries_only_use_exported_metrics():
+    """Parse every PromQL expression for `pbt_*` names; each must be a sample name the exporter writes."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    population = metrics.PopulationMetrics()
+    population.observe("t0", metrics.TrialSample(1, 1.0, 10.0, 30.0, 10, 1.0, {"prey": 1.0}, {"lr": 1e-3}), best_is_max=True)
+    population.observe_checkpoint(0.5, 100)
+    population.set_exploits_total(1)
+    exported = {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(population.registry).decode())
+        for sample in family.samples
+    }
+    expressions = dashboard_expressions(dashboard)
+    assert len(expressions) >= 10
+    used = set()
+    for expr in expressions:
+        names = set(re.findall(r"\bpbt_[a-z_]+\b", expr))
+        assert names, f"{expr!r} queries no pbt_ metric"
+        used |= names
+    assert used <= exported, used - exported
+    assert {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used} == EXPORTED, "every family is on the dashboard"
+
+
+def test_dashboard_has_a_datasource_variable_and_exploit_annotations():
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    assert any("pbt_exploits_total" in a.get("expr", "") for a in dashboard["annotations"]["list"])
