@@ -1,0 +1,470 @@
+"""Deployment: the Dockerfile, the Helm chart and the plain manifests in k8s/.
+
+The chart is rendered and linted by the real `helm` (`make tools`), and every object is
+validated by real schemas: Kubernetes kinds with kubernetes-validate --strict, ray.io and
+monitoring.coreos.com kinds against the CRDs vendored in ../shared (KubeRay v1.7.0,
+prometheus-operator), with unknown fields forbidden as `kubectl apply --validate=strict`
+does. Without a Docker engine or a cluster, this is what keeps the image recipe, the
+chart, k8s/*.yaml and scripts/kind-e2e.sh (the real end-to-end run) honest.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import fnmatch
+import functools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import REPO, SHARED
+from pbt_job.training.config import load_config
+
+CHART = REPO / "helm" / "pbt-job"
+KUBERNETES_VERSION = "1.34.0"
+CRD_DIRS = {"ray.io": SHARED / "kuberay" / "crds", "monitoring.coreos.com": SHARED / "prometheus-operator" / "crds"}
+RELEASE = "pbt-job"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+RAY_PIN = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("ray[")).split("==")[1]
+DEFAULT_SECRET = "test-secret-of-the-default-case"
+DEFAULT_CREDENTIALS = ("--set", "storage.accessKeyId=AKIATESTDEFAULT", "--set", f"storage.secretAccessKey={DEFAULT_SECRET}")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way to install the chart, and what its rendering must show."""
+
+    args: tuple[str, ...]
+    gpus: dict[str, int] = field(default_factory=lambda: {"gpu": 1})
+    """GPUs per worker of each pool."""
+    secret: str | None = DEFAULT_SECRET
+    """The secret key the chart puts in its Secret (None: an existing Secret is used)."""
+    secret_ref: str = f"{RELEASE}-storage"
+    """The Secret the pods take their keys from."""
+    monitoring: bool = True
+    autoscaling: bool = False
+
+
+CASES = {
+    # values.yaml as shipped, plus the one thing it cannot default: the S3 keys.
+    "defaults": Case(DEFAULT_CREDENTIALS),
+    "cpu-only": Case(
+        ("-f", "k8s/kind-values.yaml"), gpus={"cpu": 0}, secret=None, secret_ref="minio-credentials", monitoring=False
+    ),
+    "two-gpu-pools": Case(
+        ("-f", "helm/pbt-job/ci/two-gpu-pools-values.yaml"),
+        gpus={"a10g": 1, "a100": 4, "cpu": 0},
+        secret="example-secret-of-the-pools-case",
+    ),
+    "existing-secret": Case(("--set", "storage.existingSecret=team-s3"), secret=None, secret_ref="team-s3"),
+    "autoscaling": Case(
+        ("-f", "helm/pbt-job/ci/autoscaling-values.yaml"), secret="example-secret-of-the-autoscaling-case", autoscaling=True
+    ),
+    "monitoring-off": Case(
+        (*DEFAULT_CREDENTIALS, "--set", "monitoring.podMonitor.enabled=false,monitoring.grafanaDashboard.enabled=false"),
+        monitoring=False,
+    ),
+}
+PLAIN_MANIFESTS = ("k8s/rayjob.yaml", "k8s/minio.yaml")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    """The real helm from PATH; `make test` runs `make tools` first, so a missing helm is a failure."""
+    binary = shutil.which("helm")
+    assert binary, "helm is not on PATH: run `make tools` and put .tools/bin on PATH (make test does both)"
+    return subprocess.run([binary, *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+@functools.cache
+def documents(source: str) -> tuple[dict, ...]:
+    """The objects of a chart case (rendered once) or of a plain manifest file."""
+    if source in CASES:
+        proc = helm("template", RELEASE, str(CHART), "--namespace", "training", *CASES[source].args)
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout
+    else:
+        text = (REPO / source).read_text()
+    return tuple(doc for doc in yaml.safe_load_all(text) if doc)
+
+
+def only(docs: tuple[dict, ...], kind: str, name_suffix: str = "") -> dict:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    return doc
+
+
+def ray_pods(rayjob: dict) -> dict[str, dict]:
+    """Pod templates by group: "head" and each worker group name."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    pods = {"head": cluster["headGroupSpec"]["template"]}
+    pods.update({group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]})
+    return pods
+
+
+def forbid_unknown_fields(schema: dict) -> None:
+    """Make a CRD schema strict: objects with `properties` accept no other field (unless they preserve unknown fields)."""
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        schema.setdefault("additionalProperties", False)
+    children = [*schema.get("properties", {}).values()]
+    children += [sub for key in ("allOf", "anyOf", "oneOf") for sub in schema.get(key, [])]
+    children += [schema[key] for key in ("items", "additionalProperties") if isinstance(schema.get(key), dict)]
+    for child in children:
+        forbid_unknown_fields(child)
+
+
+@functools.cache
+def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
+    group, _, version = api_version.partition("/")
+    path = CRD_DIRS[group] / f"{group}_{kind.lower()}s.yaml"
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    [entry] = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    schema = entry["schema"]["openAPIV3Schema"]
+    forbid_unknown_fields(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def crd_errors(doc: dict) -> list[str]:
+    """'path: message' for each way `doc` breaks its CRD (skips the test without ../shared)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} (the vendored KubeRay and prometheus-operator CRDs) is absent")
+    errors = crd_validator(doc["apiVersion"], doc["kind"]).iter_errors(doc)
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+
+
+def is_custom(doc: dict) -> bool:
+    return doc["apiVersion"].partition("/")[0] in CRD_DIRS
+
+
+# --- Helm: lint and render every case, validate every object -----------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_helm_lint_strict(case):
+    proc = helm("lint", "--strict", str(CHART), *CASES[case].args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("source", [*CASES, *PLAIN_MANIFESTS])
+def test_kubernetes_objects_validate_strictly(source):
+    docs = [doc for doc in documents(source) if not is_custom(doc)]
+    assert docs
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, err.path))}: {err.message}")
+
+
+@pytest.mark.parametrize("source", [*CASES, "k8s/rayjob.yaml"])
+def test_custom_resources_validate_against_the_crds(source):
+    docs = [doc for doc in documents(source) if is_custom(doc)]
+    assert any(doc["kind"] == "RayJob" for doc in docs)
+    for doc in docs:
+        errors = crd_errors(doc)
+        assert not errors, f"{doc['kind']}/{doc['metadata']['name']}:\n" + "\n".join(errors)
+
+
+HEAD_CONTAINER = ["spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0]
+TYPOS = {  # id: (kind, path to the object, misspelt field)
+    "RayJob spec": ("RayJob", ["spec"], "shutdownAfterJobFinish"),
+    "worker group": ("RayJob", ["spec", "rayClusterSpec", "workerGroupSpecs", 0], "workerGroupSpec"),
+    "embedded container": ("RayJob", HEAD_CONTAINER, "resource"),
+    "PodMonitor endpoint": ("PodMonitor", ["spec", "podMetricsEndpoints", 0], "targetPorts"),
+}
+
+
+@pytest.mark.parametrize(("kind", "path", "typo"), TYPOS.values(), ids=TYPOS)
+def test_crd_validation_rejects_unknown_fields(kind, path, typo):
+    """The CRD check is strict: a misspelt field is an error, not silently pruned as the API server would."""
+    doc = copy.deepcopy(only(documents("defaults"), kind))
+    functools.reduce(lambda node, key: node[key], path, doc)[typo] = 1
+    assert any(typo in error for error in crd_errors(doc))
+
+
+# --- What the rendered objects must say ---------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gpus_and_their_toleration_only_on_gpu_pools(case):
+    pods = ray_pods(only(documents(case), "RayJob"))
+    assert set(pods) == {"head", *CASES[case].gpus}
+    for group, pod in pods.items():
+        gpus = CASES[case].gpus.get(group, 0)
+        [container] = pod["spec"]["containers"]
+        for amounts in container["resources"].values():
+            assert amounts.get("nvidia.com/gpu", 0) == gpus, (group, amounts)
+        tolerated = [t for t in pod["spec"].get("tolerations", []) if t["key"] == "nvidia.com/gpu"]
+        assert tolerated == ([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if gpus else []), group
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_credentials_only_in_the_secret(case):
+    """Keys reach the pods through secretKeyRef; no other object, ConfigMaps above all, holds them."""
+    docs, expected = documents(case), CASES[case]
+    secrets = [doc for doc in docs if doc["kind"] == "Secret"]
+    if expected.secret is None:
+        assert secrets == []
+    else:
+        [stored] = secrets
+        assert stored["metadata"]["name"] == expected.secret_ref
+        assert base64.b64decode(stored["data"]["AWS_SECRET_ACCESS_KEY"]).decode() == expected.secret
+        assert not any(expected.secret in yaml.safe_dump(doc) for doc in docs if doc["kind"] != "Secret")
+    for group, pod in ray_pods(only(docs, "RayJob")).items():
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": expected.secret_ref, "key": key}, group
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mounted_config_passes_pbt_job_validate(case, tmp_path):
+    """The entrypoint reads the ConfigMap's job.yaml where the head mounts it, and `pbt-job validate` accepts it."""
+    docs = documents(case)
+    rayjob, config_map = only(docs, "RayJob"), only(docs, "ConfigMap", "-config")
+    head = ray_pods(rayjob)["head"]["spec"]
+    [mount] = head["containers"][0]["volumeMounts"]
+    [volume] = [v for v in head["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    entrypoint = rayjob["spec"]["entrypoint"].split()
+    assert entrypoint[:2] == ["pbt-job", "train"]
+    assert entrypoint[entrypoint.index("--config") + 1] == f"{mount['mountPath']}/job.yaml"
+    assert entrypoint[entrypoint.index("--resume") + 1] == "auto"
+    path = tmp_path / "job.yaml"
+    path.write_text(config_map["data"]["job.yaml"])
+    command = [sys.executable, "-m", "pbt_job.cli", "validate", "--config", str(path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pods_run_as_non_root_with_requests_equal_to_limits(case):
+    rayjob = only(documents(case), "RayJob")
+    for group, pod in ray_pods(rayjob).items():
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, group
+        for container in pod["spec"]["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, group
+            resources = container["resources"]
+            assert resources["requests"] == resources["limits"], group
+            assert {"cpu", "memory"} <= resources["limits"].keys(), group
+    autoscaler = rayjob["spec"]["rayClusterSpec"].get("autoscalerOptions")
+    if autoscaler:
+        assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
+        assert autoscaler["resources"]["requests"] == autoscaler["resources"]["limits"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pod_monitor_scrapes_ray_everywhere_and_the_exporter_on_the_head(case):
+    docs = documents(case)
+    monitors = [doc for doc in docs if doc["kind"] == "PodMonitor"]
+    if not CASES[case].monitoring:
+        assert monitors == []
+        return
+    [monitor] = monitors
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    pods = ray_pods(only(docs, "RayJob"))
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    ports = {}
+    for group, pod in pods.items():
+        assert selector.items() <= pod["metadata"]["labels"].items(), group
+        ports[group] = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    scraped = [endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]]
+    assert scraped == ["metrics", "pbt-metrics"]
+    assert all(group_ports["metrics"] == 8080 for group_ports in ports.values())
+    assert [group for group, group_ports in ports.items() if "pbt-metrics" in group_ports] == ["head"]
+    rayjob = only(docs, "RayJob")
+    entrypoint = rayjob["spec"]["entrypoint"].split()
+    assert ports["head"]["pbt-metrics"] == int(entrypoint[entrypoint.index("--metrics-port") + 1])
+    assert rayjob["spec"]["submissionMode"] == "SidecarMode", "the driver and its exporter must run in the head pod"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_grafana_dashboard_config_map_holds_the_dashboard_json(case):
+    dashboards = [doc for doc in documents(case) if doc["metadata"]["name"].endswith("-dashboard")]
+    if not CASES[case].monitoring:
+        assert dashboards == []
+        return
+    [dashboard] = dashboards
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    [text] = dashboard["data"].values()
+    assert json.loads(text)["panels"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_autoscaling_v2_keeps_the_population_pending(case):
+    docs = documents(case)
+    cluster = only(docs, "RayJob")["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is CASES[case].autoscaling
+    env = {e["name"]: e.get("value") for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    if CASES[case].autoscaling:
+        assert cluster["autoscalerOptions"]["version"] == "v2"
+        population = yaml.safe_load(only(docs, "ConfigMap", "-config")["data"]["job.yaml"])["pbt"]["population"]
+        assert env["TUNE_MAX_PENDING_TRIALS_PG"] == str(population)
+    else:
+        assert "autoscalerOptions" not in cluster and "TUNE_MAX_PENDING_TRIALS_PG" not in env
+
+
+@pytest.mark.parametrize("case", ["defaults", "cpu-only"])
+def test_the_whole_population_fits_the_pools(case, tmp_path):
+    """Every trial runs at once: population x (a trial's CPUs, GPUs) <= what the pools offer.
+
+    A trial asks RLlib for its main process (at least one CPU when it also learns, see
+    ray/rllib/algorithms/utils.py `_get_main_process_bundle`), one CPU per env runner
+    and, per remote learner, its GPUs (or one CPU without GPU).
+    """
+    docs = documents(case)
+    path = tmp_path / "job.yaml"
+    path.write_text(only(docs, "ConfigMap", "-config")["data"]["job.yaml"])
+    job = load_config(path, [])
+    res = job.resources
+    if res.num_learners:
+        trial_cpus = res.num_cpus_per_trial + (0 if res.num_gpus_per_learner else res.num_learners)
+    else:
+        trial_cpus = max(res.num_cpus_per_trial, 0 if res.num_gpus_per_learner else 1)
+    trial_cpus += res.num_env_runners * res.num_cpus_per_env_runner
+    trial_gpus = max(res.num_learners, 1) * res.num_gpus_per_learner
+    groups = only(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    limits = [(g["replicas"], g["template"]["spec"]["containers"][0]["resources"]["limits"]) for g in groups]
+    assert job.pbt.population * trial_cpus <= sum(n * float(lim["cpu"]) for n, lim in limits)
+    assert job.pbt.population * trial_gpus <= sum(n * lim.get("nvidia.com/gpu", 0) for n, lim in limits)
+
+
+def pools(*overrides: dict) -> tuple[str, str]:
+    """--set-json for whole pools: `--set workerGroups[0].x=` would replace the list anyway."""
+    base = {"name": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 1, "cpu": "1", "memory": "1Gi"}
+    return ("--set-json", "workerGroups=" + json.dumps([{**base, **override} for override in overrides]))
+
+
+BAD_VALUES = {  # id: (release name, helm args, what stderr must say)
+    "wrong type": (RELEASE, ("--set", "job.backoffLimit=many"), "'/job/backoffLimit': got string, want integer"),
+    "unknown key": (RELEASE, ("--set", "storage.bucket=runs"), "at '/storage': additional properties 'bucket' not allowed"),
+    "unknown pool key": (RELEASE, pools({"gpu": 1}), "at '/workerGroups/0': additional properties 'gpu' not allowed"),
+    "minReplicas > maxReplicas": (
+        RELEASE, pools({"replicas": 2, "minReplicas": 3, "maxReplicas": 2}),
+        'workerGroups "gpu": need minReplicas <= replicas <= maxReplicas, got 3 <= 2 <= 2',
+    ),
+    "replicas > maxReplicas": (RELEASE, pools({"replicas": 5, "maxReplicas": 4}), "got 0 <= 5 <= 4"),
+    "duplicate pool names": (RELEASE, pools({}, {}), 'workerGroups: the name "gpu" is used twice'),
+    "60-character release name": ("pbt-job-" + "x" * 52, (), "the length must not be longer than 53"),
+    "release name over KubeRay's 47": ("pbt-job-" + "x" * 42, (), "has 50 characters, KubeRay allows at most 47"),
+    "long fullnameOverride": (
+        RELEASE, ("--set", "fullnameOverride=" + "p" * 48), "'/fullnameOverride': maxLength: got 48, want 47"
+    ),
+    "ttl without shutdown": (
+        RELEASE, ("--set", "job.shutdownAfterJobFinishes=false"),
+        "job.ttlSecondsAfterFinished (600) only applies with job.shutdownAfterJobFinishes: true",
+    ),
+    "no credentials": (RELEASE, ("--set", "storage.accessKeyId="), "S3 credentials are missing"),
+    "two kinds of credentials": (
+        RELEASE, ("--set", "storage.existingSecret=team-s3"), 'set either existingSecret ("team-s3") or accessKeyId'
+    ),
+    "storage not on S3": (RELEASE, ("--set", "storage.uri=/data/runs"), "'/storage/uri': '/data/runs' does not match pattern"),
+    "job.config as a mapping": (RELEASE, ("--set", "job.config.name=quick"), "'/job/config': got object, want string"),
+    "job.config without name": (
+        RELEASE, ("--set", "job.config=pbt: {population: 4}"), "job.config must set `name`"
+    ),
+    "job.config not YAML": (RELEASE, ("--set", "job.config=name: [quick"), "job.config is not a YAML mapping"),
+    "rayStartParams not strings": (
+        RELEASE, ("--set", "head.rayStartParams.num-cpus=0"), "'/head/rayStartParams/num-cpus': got number, want string"
+    ),
+}
+
+
+@pytest.mark.parametrize(("release", "args", "message"), BAD_VALUES.values(), ids=BAD_VALUES)
+def test_bad_values_fail_with_a_clear_message(release, args, message):
+    proc = helm("template", release, str(CHART), *DEFAULT_CREDENTIALS, *args)
+    assert proc.returncode != 0, proc.stdout
+    assert message in proc.stderr, proc.stderr
+
+
+# --- Plain manifests, kind files, image -----------------------------------------------
+
+
+def test_plain_rayjob_is_the_chart_default():
+    """k8s/rayjob.yaml is `kubectl apply`-able and says what the chart's defaults say."""
+    chart, plain = documents("defaults"), documents("k8s/rayjob.yaml")
+    assert only(plain, "RayJob")["spec"] == only(chart, "RayJob")["spec"]
+    assert only(plain, "ConfigMap")["data"] == only(chart, "ConfigMap", "-config")["data"]
+    assert only(plain, "Secret")["stringData"].keys() == only(chart, "Secret")["data"].keys()
+
+
+def test_kind_files_agree_with_each_other():
+    """kind-values runs configs/quick.yaml on the labelled kind worker; the e2e script loads its image and reads its run."""
+    values = yaml.safe_load((REPO / "k8s" / "kind-values.yaml").read_text())
+    assert values["job"]["config"] == (REPO / "configs" / "quick.yaml").read_text()
+    kind_config = yaml.safe_load((REPO / "k8s" / "kind-config.yaml").read_text())
+    assert (kind_config["apiVersion"], kind_config["kind"]) == ("kind.x-k8s.io/v1alpha4", "Cluster")
+    node_labels = [node.get("labels", {}) for node in kind_config["nodes"] if node["role"] == "worker"]
+    for pool in values["workerGroups"]:
+        assert any(pool["nodeSelector"].items() <= labels.items() for labels in node_labels), pool["name"]
+    script_text = (REPO / "scripts" / "kind-e2e.sh").read_text()
+    script = dict(re.findall(r'^readonly (\w+)="([^"]*)"$', script_text, re.MULTILINE))
+    pods = ray_pods(only(documents("cpu-only"), "RayJob")).values()
+    assert {pod["spec"]["containers"][0]["image"] for pod in pods} == {script["IMAGE"]}
+    run_name = yaml.safe_load(values["job"]["config"])["name"]
+    assert f"s3://{script['BUCKET']}/{script['RUN_PREFIX']}" == f"{values['storage']['uri']}/{run_name}/"
+    assert script["RELEASE"] == RELEASE == only(documents("cpu-only"), "RayJob")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("check", [["bash", "-n"], [str(Path(sys.executable).parent / "shellcheck"), "--severity=style"]], ids=["bash-n", "shellcheck"])
+def test_e2e_script_parses_and_passes_shellcheck(check):
+    """The script cannot run here (no Docker); the shell and shellcheck read it."""
+    proc = subprocess.run([*check, str(REPO / "scripts" / "kind-e2e.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_chart_versions_follow_pyproject():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert chart["appVersion"] == PYPROJECT["project"]["version"]
+    assert values["rayVersion"] == RAY_PIN
+
+
+def test_schema_defaults_are_the_values_defaults():
+    """values.schema.json documents each value with its default; they must not drift apart."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict, value, path: str) -> None:
+        if "properties" in node and node.get("additionalProperties") is False:
+            assert set(value) == set(node["properties"]), path
+            for key, child in node["properties"].items():
+                walk(child, value[key], f"{path}.{key}")
+        else:
+            assert node["default"] == value, path
+
+    walk(schema, values, "values")
+
+
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def test_dockerfile_base_image_has_the_pinned_ray_and_python():
+    [base] = re.findall(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE)
+    match = re.fullmatch(r"rayproject/ray:(?P<ray>[\d.]+)-py(?P<py>\d)(?P<minor>\d+)-\$\{RAY_VARIANT\}", base)
+    assert match, base
+    assert match["ray"] == RAY_PIN
+    assert PYPROJECT["project"]["requires-python"] == f"=={match['py']}.{match['minor']}.*"
+    assert re.search(r"^ARG RAY_VARIANT=gpu$", DOCKERFILE, re.MULTILINE)
+    [user] = re.findall(r"^USER (\S+)", DOCKERFILE, re.MULTILINE)
+    pod_user = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]
+    assert user == f"{pod_user['runAsUser']}:{pod_user['runAsGroup']}" != "0:0", "the image's non-root user, numeric for runAsNonRoot"
+
+
+def test_dockerfile_copies_only_existing_files_the_context_keeps():
+    ignored = [line for line in (REPO / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert {".venv", "runs", ".pytest_cache", ".hypothesis", "**/__pycache__"} <= set(ignored)
+    copies = [line.split()[:-1] for line in re.findall(r"^COPY (.+)$", DOCKERFILE, re.MULTILINE)]
+    sources = [src for words in copies for src in words if not src.startswith("--")]
+    assert sources
+    for src in sources:
+        assert (REPO / src).exists(), src
+        assert not any(fnmatch.fnmatch(src, pattern) for pattern in ignored), src
