@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", required=True, help="YAML job configuration")
     validate.add_argument("--storage", help="also check this folder or s3://bucket/prefix is writable")
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+
+    report = commands.add_parser("report", help="draw a run's lineage, schedules and curves (finished or running)")
+    report.add_argument("run", metavar="RUN", help="the run folder, local or s3://bucket/prefix/name")
+    report.add_argument("--out", help="folder to write into (default RUN/report, or ./report-NAME for S3)")
     return parser
 
 
@@ -71,7 +75,8 @@ def _progress_reporter(job):
     from ray import tune
 
     from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY
-    from pbt_job.training.explore import initial_space, yaml_name
+    from pbt_job.training.explore import initial_space
+    from pbt_job.training.result_keys import yaml_name
 
     return tune.CLIReporter(
         metric_columns={"training_iteration": "iter", job.pbt.metric: "metric", ENV_STEPS_PER_S_KEY: "env steps/s"},
@@ -99,10 +104,31 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run {outcome.run_uri}: best trial {summary['best_trial']} {summary['metric']}={summary['best_metric']} "
           f"after {summary['exploits']} exploits, {summary['env_steps_total']} env steps in {summary['wall_time_s']:.0f} s")
     print(f"best hyperparameters: {json.dumps(summary['best_hyperparameters'])}")
+    _report_after_training(outcome.run_uri)
     if outcome.errors:
         print(f"pbt-job: {outcome.errors} trial(s) failed; see {outcome.run_uri}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _report_after_training(run_uri: str) -> None:
+    """The run's report in its own folder; a failed drawing never fails the training."""
+    from pbt_job.report.write import write_report
+
+    try:
+        print(f"report: {write_report(run_uri, f'{run_uri}/report')}")
+    except Exception as err:  # noqa: BLE001 - the run itself succeeded
+        print(f"pbt-job: warning: the report failed ({err}); try: pbt-job report {run_uri}", file=sys.stderr)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pbt_job.report.write import write_report
+
+    print(f"report: {write_report(args.run, args.out)}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": _train, "validate": _validate, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,12 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     from pbt_job.errors import BadInput
+    from pbt_job.storage import StorageOutage
 
     try:
-        return _train(args) if args.command == "train" else _validate(args)
+        return COMMANDS[args.command](args)
     except BadInput as err:
         print(f"pbt-job: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageOutage as err:
+        print(f"pbt-job: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -12,26 +12,95 @@ into `tuner.pkl` and experiment state) never contain a secret.
 
 `check_storage` proves before any trial starts that the root is reachable and
 writable, turning each failure into a `StorageError` that says what to fix.
+
+Once a run is going, storage may go away for a while (a MinIO restart, a network
+blip): `retry_storage` retries writes for up to `PBT_JOB_STORAGE_RETRY_S` seconds
+(default 300) before it gives up with `StorageOutage`; the run then stops and the
+same command resumes it.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow.fs
 
 from pbt_job.errors import BadInput
 
+logger = logging.getLogger(__name__)
+
 S3_SCHEMES = ("s3",)
 CONNECT_TIMEOUT_S = 5.0
+RETRY_ENV = "PBT_JOB_STORAGE_RETRY_S"
+MIN_FREE_ENV = "PBT_JOB_MIN_FREE_MB"
+DEFAULT_MIN_FREE_MB = 200
+DEFAULT_RETRY_S = 300.0
+MAX_RETRY_DELAY_S = 10.0
+
+PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
+"""Errors that waiting does not fix: raised at once."""
+
+T = TypeVar("T")
 
 
 class StorageError(BadInput):
     """Storage is misnamed, unreachable or refuses us; the message says what to fix."""
+
+
+class StorageOutage(OSError):
+    """Storage failed for longer than the retry limit while the run was going."""
+
+
+def retry_limit_s() -> float:
+    """Seconds a storage write is retried during an outage, from `PBT_JOB_STORAGE_RETRY_S`.
+
+    Raises:
+        StorageError: the variable is not a number >= 0.
+    """
+    text = os.environ.get(RETRY_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise StorageError(f"{RETRY_ENV}={text!r}: write the seconds storage writes are retried, e.g. {RETRY_ENV}=300")
+    return value
+
+
+def retry_storage(action: Callable[[], T], what: str) -> T:
+    """Run a storage `action`, retrying I/O errors with backoff for up to `retry_limit_s()`.
+
+    Raises:
+        StorageOutage: it still failed when the limit ran out.
+    """
+    limit = retry_limit_s()
+    deadline = time.monotonic() + limit
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except OSError as err:
+            if err.errno in PERMANENT_ERRNOS:
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StorageOutage(
+                    f"storage failed for more than {limit:.0f} s while {what} ({err}); the run stopped: "
+                    f"once storage is back, run the same command to resume ({RETRY_ENV} sets the limit)"
+                ) from err
+            logger.warning("[storage] %s failed (%s); retrying in %.1f s", what, err, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, MAX_RETRY_DELAY_S)
 
 
 @dataclass(frozen=True)
@@ -147,22 +216,46 @@ def check_storage(location: StorageLocation) -> list[str]:
     Raises:
         StorageError: the first problem found, with the fix.
     """
+    retry_limit_s()
     if location.is_s3:
         return _check_s3(location)
     return _check_local(location)
 
 
 def _check_local(location: StorageLocation) -> list[str]:
-    root = Path(location.path)
+    """A probe write, then enough free space; a refused check leaves no folder behind."""
+    root = Path(location.path).absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    first_created = None if existing == root else existing / root.relative_to(existing).parts[0]
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".pbt-job-probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"probe")
         probe.unlink()
-    except OSError as err:
+        free_mb = shutil.disk_usage(root).free // 2**20
+        needed_mb = _min_free_mb()
+        if free_mb < needed_mb:
+            raise StorageError(
+                f"--storage {location.uri}: only {free_mb} MB free there, {needed_mb} MB needed for checkpoints; "
+                f"free some space, choose another --storage, or lower {MIN_FREE_ENV}"
+            )
+    except (OSError, StorageError) as err:
+        if first_created is not None:
+            shutil.rmtree(first_created, ignore_errors=True)
+        if isinstance(err, StorageError):
+            raise
         reason = err.strerror or str(err)
         raise StorageError(f"--storage {location.uri}: cannot write there ({reason}); choose a writable folder") from None
-    return [f"local folder {root} is writable"]
+    return [f"local folder {root} is writable, {free_mb} MB free"]
+
+
+def _min_free_mb() -> int:
+    text = os.environ.get(MIN_FREE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MIN_FREE_MB
+    if not text.isdigit():
+        raise StorageError(f"{MIN_FREE_ENV}={text!r}: write the free megabytes a local run needs, e.g. {MIN_FREE_ENV}=200")
+    return int(text)
 
 
 def _check_s3(location: StorageLocation) -> list[str]:
@@ -222,21 +315,38 @@ def _explain_s3_error(err, location: StorageLocation, where: str) -> str:
 
 def read_text(fs: pyarrow.fs.FileSystem, path: str) -> str | None:
     """The file's text, or None if it does not exist."""
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return stream.readall().decode()
+
+    def read() -> str | None:
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(path) as stream:
+            return stream.readall().decode(errors="replace")  # bad bytes then fail as JSON, with a warning
+
+    return retry_storage(read, f"reading {path}")
 
 
 def write_text(fs: pyarrow.fs.FileSystem, path: str, text: str) -> None:
-    """Replace the file with `text` (atomically on a local disk; S3 puts are atomic)."""
+    """Replace the file with `text` (see `write_bytes`)."""
+    write_bytes(fs, path, text.encode())
+
+
+def write_bytes(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
+    """Replace the file with `data` (atomically on a local disk; S3 puts are atomic), retrying outages."""
+    retry_storage(lambda: _write_bytes(fs, path, data), f"writing {path}")
+
+
+def _write_bytes(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open_output_stream(tmp) as stream:
-            stream.write(text.encode())
-        os.replace(tmp, path)
+        try:
+            with fs.open_output_stream(tmp) as stream:
+                stream.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
         return
     with fs.open_output_stream(path) as stream:
-        stream.write(text.encode())
+        stream.write(data)

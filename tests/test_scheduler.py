@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from types import SimpleNamespace
 
@@ -99,6 +100,16 @@ def test_lineage_replaces_a_replayed_event_instead_of_duplicating_it(tmp_path):
     again.record({"event": "exploit", "recipient": "a", "iteration": 2, "donor": "c"})
     lines = (tmp_path / LINEAGE_FILE).read_text().splitlines()
     assert [(e["iteration"], e["donor"]) for e in map(json.loads, lines)] == [(4, "b"), (2, "c")]
+
+
+def test_two_exploits_of_one_recipient_at_one_iteration_in_one_session_both_stay(tmp_path):
+    """A clone sets the recipient's iteration to the donor checkpoint's; a lagging donor can
+    bring it back to an iteration it already exploited at. That is a second real exploit."""
+    files = RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path))
+    files.record({"event": "exploit", "recipient": "a", "iteration": 4, "donor": "b", "time": time.time()})
+    files.record({"event": "exploit", "recipient": "a", "iteration": 4, "donor": "c", "time": time.time()})
+    lines = (tmp_path / LINEAGE_FILE).read_text().splitlines()
+    assert [e["donor"] for e in map(json.loads, lines)] == ["b", "c"]
 
 
 def test_exploit_from_a_donor_whose_checkpoint_vanished_is_skipped_not_fatal(scheduler, tmp_path):

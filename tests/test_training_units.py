@@ -15,7 +15,8 @@ from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 from conftest import REPO
 from pbt_job.storage import S3Endpoint, StorageError, parse_storage_uri
 from pbt_job.training.config import ConfigError, PBTConfig, load_config, parse_overrides
-from pbt_job.training.explore import explore_fixups, initial_space, pbt_mutations, tune_key
+from pbt_job.training.explore import explore_fixups, initial_space, pbt_mutations
+from pbt_job.training.result_keys import tune_key
 from pbt_job.training.model import GridPPOModule, default_conv_channels, default_hidden_sizes
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn, slot_id
 from pbt_job.training.run_files import parse_lineage
@@ -227,3 +228,14 @@ def test_module_follows_the_spec_architecture():
     batch = {Columns.OBS: torch.zeros(5, 4, 9, 9)}
     assert module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS].shape == (5, 25)
     assert module.compute_values(batch).shape == (5,)
+
+
+@pytest.mark.parametrize(("config", "cpus"), [("quick", 0.5), ("gpu", 1 + 4 * 1)])
+def test_a_trial_reserves_the_cpus_its_config_asks_for(config, cpus):
+    """RLlib reserves a whole CPU for a local learner unless told otherwise: the quick
+    population of 3 would then not fit on 2 cores."""
+    from pbt_job.training.algorithm import PBTPPO, build_ppo_config
+
+    job = load_config(REPO / "configs" / f"{config}.yaml")
+    request = PBTPPO.default_resource_request(build_ppo_config(job))
+    assert request.required_resources["CPU"] == pytest.approx(cpus)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
+from pbt_job.storage import retry_storage
 from pbt_job.training.config import SCORE_KEY, JobConfig
 from pbt_job.training.model import module_spec
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
@@ -65,7 +68,13 @@ def build_ppo_config(job: JobConfig) -> PPOConfig:
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             rollout_fragment_length=res.rollout_fragment_length,
         )
-        .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
+        # Without remote learners the learner lives in the trial's main process, and RLlib
+        # would reserve a whole CPU for it whatever `num_cpus_for_main_process` says.
+        .learners(
+            num_learners=res.num_learners,
+            num_gpus_per_learner=res.num_gpus_per_learner,
+            num_cpus_per_learner=res.num_cpus_per_trial if res.num_learners == 0 else "auto",
+        )
         .resources(num_cpus_for_main_process=res.num_cpus_per_trial)
         .training(
             lr=ppo.lr,
@@ -141,8 +150,14 @@ class PBTPPO(PPO):
         return saved
 
     def save(self, checkpoint_dir: str | None = None) -> Any:
+        """Save and persist a checkpoint; during a storage outage the upload is retried (see `retry_storage`)."""
         started = time.perf_counter()
-        saved = super().save(checkpoint_dir)
+        local_dir = checkpoint_dir or tempfile.mkdtemp(prefix="pbt-job-checkpoint-")
+        try:
+            saved = retry_storage(lambda: super(PBTPPO, self).save(local_dir), "persisting a checkpoint")
+        finally:
+            if checkpoint_dir is None:
+                shutil.rmtree(local_dir, ignore_errors=True)
         self._checkpoints_saved.append([time.perf_counter() - started, self._last_checkpoint_bytes])
         return saved
 

@@ -11,18 +11,7 @@ from typing import Any
 from ray import tune
 
 from pbt_job.training.config import INTEGER_SETTINGS, Mutation, PBTConfig
-
-TUNE_KEYS = {"lambda": "lambda", "train_batch_size_per_learner": "_train_batch_size_per_learner"}
-"""YAML name -> key in `AlgorithmConfig.to_dict()` (what Tune mutates); other names are equal."""
-
-
-def tune_key(name: str) -> str:
-    return TUNE_KEYS.get(name, name)
-
-
-def yaml_name(key: str) -> str:
-    return {v: k for k, v in TUNE_KEYS.items()}.get(key, key)
-
+from pbt_job.training.result_keys import tune_key
 
 def tune_domain(name: str, mutation: Mutation) -> tune.search.sample.Domain:
     """The Tune domain the initial population is drawn from."""

@@ -18,14 +18,14 @@ import ray
 from ray import tune
 
 from pbt_job.errors import BadInput
-from pbt_job.storage import StorageLocation, check_storage, filesystem
+from pbt_job.storage import StorageLocation, StorageOutage, check_storage, filesystem
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
-from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations, yaml_name
+from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
 from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
-from pbt_job.training.score import metric_value
+from pbt_job.training.result_keys import metric_value, yaml_name
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +156,24 @@ def train(
                 verbose=1,
             ),
         )
-    results = tuner.fit()
-    summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode)
+    try:
+        results = tuner.fit()
+    except Exception as err:
+        raise _storage_outage_behind(err) or err
+    summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode, mutated)
     return TrainOutcome(summary=summary, run_uri=location.display(name), resumed=exists, errors=len(results.errors))
 
 
-def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str) -> dict[str, Any]:
+def _storage_outage_behind(err: BaseException) -> StorageOutage | None:
+    """Tune wraps a callback's exception in its own `TuneError`; find a storage outage behind it."""
+    while err is not None:
+        if isinstance(err, StorageOutage):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str, mutated: list[str]) -> dict[str, Any]:
     """`summary.json` and `best/<policy>/` from the final results."""
     wall_time_s = run_files.wall_time()
     ledgers = run_files.ledgers()
@@ -174,7 +186,7 @@ def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str) -> 
         "mode": mode,
         "best_trial": best.metrics.get("trial_id") if best else None,
         "best_metric": metric_value(best.metrics, metric) if best else None,
-        "best_hyperparameters": ledgers[best.metrics["trial_id"]].config if best else {},
+        "best_hyperparameters": {yaml_name(k): best.config.get(k) for k in mutated} if best else {},
         "exploits": len(run_files.lineage()),
         "skipped_exploits": len(run_files.skips()),
         "env_steps_total": env_steps,

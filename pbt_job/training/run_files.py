@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.fs
 
@@ -53,17 +53,21 @@ class TrialLedger:
     """Per driver session, the iteration the trial continued from (0: from scratch)."""
 
 
-def parse_lineage(text: str, source: str = LINEAGE_FILE) -> list[dict[str, Any]]:
-    """Parse lineage lines; malformed lines are skipped with a warning."""
-    events = []
+def json_lines(text: str, source: str, tag: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-empty JSON line; a line that is not JSON is skipped with a warning."""
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as err:
-            logger.warning("[lineage] %s line %d skipped: not JSON (%s)", source, number, err.msg)
-            continue
+            logger.warning("[%s] %s line %d skipped: not JSON (%s)", tag, source, number, err.msg)
+
+
+def parse_lineage(text: str, source: str = LINEAGE_FILE) -> list[dict[str, Any]]:
+    """Parse lineage lines; malformed lines are skipped with a warning."""
+    events = []
+    for number, event in json_lines(text, source, "lineage"):
         if not isinstance(event, dict) or not {"recipient", "iteration"} <= event.keys():
             logger.warning("[lineage] %s line %d skipped: not a lineage event", source, number)
             continue
@@ -121,11 +125,20 @@ class RunFiles:
         return self._events[name]
 
     def record(self, event: dict[str, Any]) -> None:
-        """Add one exploit (or, for `event: skip`, one skipped exploit); a re-run of the same
-        exploit (after a resume) replaces the earlier line."""
+        """Add one exploit (or, for `event: skip`, one skipped exploit).
+
+        A resumed run redoes the exploits made after Tune's last experiment snapshot:
+        a redo replaces the line an earlier driver session wrote for the same recipient
+        and iteration. Within one session two exploits of one recipient may share an
+        iteration (a clone can set its iteration count back): both stay.
+        """
         name = SKIPS_FILE if event.get("event") == "skip" else LINEAGE_FILE
         key = (event["recipient"], event["iteration"])
-        events = [e for e in self._read_events(name) if (e["recipient"], e["iteration"]) != key]
+
+        def replayed(e: dict[str, Any]) -> bool:
+            return (e["recipient"], e["iteration"]) == key and float(e.get("time", 0)) < self._session_start
+
+        events = [e for e in self._read_events(name) if not replayed(e)]
         events.append(event)
         self._events[name] = events
         write_text(self.fs, self.path(name), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))

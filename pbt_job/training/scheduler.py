@@ -35,7 +35,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 
-from pbt_job.training.explore import yaml_name
+from pbt_job.training.result_keys import yaml_name
 from pbt_job.training.run_files import RunFiles
 
 logger = logging.getLogger(__name__)

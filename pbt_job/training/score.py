@@ -65,12 +65,3 @@ class EpisodeReturnScore:
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
-
-def metric_value(result: dict[str, Any], dotted: str) -> float | None:
-    """`result["a"]["b"]` for the metric name `a/b` (Tune's flattened key), if it is a number."""
-    node: Any = result
-    for part in dotted.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return float(node) if isinstance(node, (int, float)) else None

@@ -1,0 +1,397 @@
+"""Faults injected into real processes: storage outages, driver deaths, node loss, full or read-only disks.
+
+Each scenario runs the real `pbt-job train` in its own process group (its own local
+Ray, or a multi-node `ray.cluster_utils.Cluster`) against moto's S3 server, injects
+the fault from the test, and checks that the run finishes with nothing lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import boto3
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, free_port, list_keys, read_object
+from pbt_job.storage import filesystem, parse_storage_uri
+from pbt_job.training.algorithm import CHECKPOINTS_KEY
+from pbt_job.training.run_files import parse_lineage
+from pbt_job.training.scheduler import PIN_DIR
+from test_cli import TINY, assert_bad_input, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+SNAPSHOT_EVERY_2S = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
+
+
+class Driver:
+    """`pbt-job train` in its own process group, its output in a log file."""
+
+    def __init__(self, log: Path, *args: str, env: dict[str, str] | None = None):
+        self.log = log
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pbt_job.cli", "train", *args], stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO, start_new_session=True, env={**os.environ, **SNAPSHOT_EVERY_2S, **(env or {})},
+            )
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 400, poll: float = 1.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"driver exited before {what}:\n{self.output()[-3000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(poll)
+
+    def kill(self) -> None:
+        """SIGKILL the driver's whole process group: driver, its Ray head and workers."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def finish(self, timeout: float = 600) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def stored_ledgers(bucket: str, run: str) -> dict[str, dict]:
+    if f"{run}/pbt_state.jsonl" not in list_keys(bucket, run):
+        return {}
+    return json.loads(read_object(bucket, f"{run}/pbt_state.jsonl"))["trials"]
+
+
+def stored_iterations(bucket: str, run: str) -> dict[str, int]:
+    return {trial: ledger["iteration"] for trial, ledger in stored_ledgers(bucket, run).items()}
+
+
+def stored_lineage(bucket: str, run: str) -> list[dict]:
+    keys = list_keys(bucket, f"{run}/lineage.jsonl")
+    return parse_lineage(read_object(bucket, f"{run}/lineage.jsonl")) if keys else []
+
+
+def stored_results(bucket: str, run: str) -> dict[str, list[dict]]:
+    """Each trial folder's result.json, parsed."""
+    return {
+        key: [json.loads(line) for line in read_object(bucket, key).splitlines() if line.strip()]
+        for key in list_keys(bucket, run) if key.endswith("/result.json")
+    }
+
+
+def all_trials_reached(bucket: str, run: str, iteration: int) -> Callable[[], bool]:
+    def reached() -> bool:
+        stored = stored_iterations(bucket, run)
+        return len(stored) == 2 and min(stored.values()) >= iteration
+
+    return reached
+
+
+def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage_before: list[dict], all_kept: bool) -> dict:
+    """Every trial reached `stop`, lineage kept its events without duplicates, summary agrees,
+    and every checkpoint the final Tune state references exists (with `all_kept`, no
+    retention: every donor checkpoint the lineage references too, pinned copies aside)."""
+    from ray import tune
+
+    from pbt_job.training.algorithm import PBTPPO
+
+    for trial, ledger in stored_ledgers(bucket, run).items():
+        assert ledger["iteration"] == stop, (trial, ledger)
+    lineage = stored_lineage(bucket, run)
+    keys = [(e["recipient"], e["iteration"]) for e in lineage]
+    assert len(keys) == len(set(keys)), "no duplicate lineage events"
+    assert {(e["recipient"], e["iteration"]) for e in lineage_before} <= set(keys), "no lineage event lost"
+    summary = json.loads(read_object(bucket, f"{run}/summary.json"))
+    assert summary["errors"] == 0 and summary["exploits"] == len(lineage)
+
+    location = parse_storage_uri(f"s3://{bucket}/{run}")
+    results = tune.Tuner.restore(location.path, trainable=PBTPPO, storage_filesystem=filesystem(location)).get_results()
+    referenced = {checkpoint.path: "Tune state" for result in results for checkpoint, _ in result.best_checkpoints}
+    if all_kept:
+        referenced |= {e["donor_checkpoint"]: "lineage" for e in lineage if f"/{PIN_DIR}/" not in e["donor_checkpoint"]}
+    assert referenced
+    stored = set(list_keys(bucket, run))
+    for path, source in referenced.items():
+        prefix = path.removeprefix(f"{bucket}/")
+        assert any(key.startswith(prefix + "/") for key in stored), f"{path} ({source}) is not in the bucket"
+    return summary
+
+
+def scrape_env_steps(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    return {s.labels["trial"]: s.value for s in families["pbt_env_steps"].samples if s.name == "pbt_env_steps_total"}
+
+
+# -- storage outages ------------------------------------------------------------------------------------
+
+
+class RestartableS3:
+    """A second S3 endpoint over the session's moto backend (same buckets, same users and keys),
+    stopped and restarted on the same port: the MinIO restart of a real cluster."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture()
+def restartable_s3(s3_endpoint):
+    s3 = RestartableS3()
+    yield s3
+    s3.stop()
+
+
+def outage_run(bucket: str, name: str, tmp_path: Path, s3: RestartableS3, retry_s: int, stop: int) -> tuple[Driver, list]:
+    """Start a run through the restartable endpoint; once trials stored 2 iterations, stop the endpoint."""
+    args = ("--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name", name, "--metrics-port", "0",
+            "--set", f"stop.training_iteration={stop}", "--set", "checkpoints.num_to_keep=null")
+    env = {"AWS_ENDPOINT_URL": s3.url, "PBT_JOB_STORAGE_RETRY_S": str(retry_s)}
+    driver = Driver(tmp_path / f"{name}.log", *args, env=env)
+    driver.wait_until(all_trials_reached(bucket, f"runs/{name}", 2), "2 stored iterations")
+    lineage_before = stored_lineage(bucket, f"runs/{name}")
+    s3.stop()
+    return driver, lineage_before
+
+
+def test_a_storage_outage_of_25_s_is_ridden_out(bucket, tmp_path, restartable_s3):
+    """1. Train through an S3 endpoint; after 2 stored iterations, stop the endpoint for 25 s.
+    2. Uploads are retried (the log says so) and the driver does not crash.
+    3. Once the endpoint is back the run finishes: every trial at the stop iteration, no
+       trial errored, lineage complete, every referenced checkpoint in the bucket."""
+    started = time.monotonic()
+    driver, lineage_before = outage_run(bucket, "outage", tmp_path, restartable_s3, retry_s=120, stop=8)
+    time.sleep(25)
+    assert driver.process.poll() is None, "the driver survives the outage"
+    restartable_s3.start()
+    assert driver.finish() == 0, driver.output()[-3000:]
+    assert "Could not connect to server" in driver.output(), "the outage was real"
+    assert_run_complete_and_consistent(bucket, "runs/outage", 8, lineage_before, all_kept=True)
+    save_seconds = [seconds for results in stored_results(bucket, "runs/outage").values()
+                    for r in results for seconds, _ in r.get(CHECKPOINTS_KEY, [])]
+    assert max(save_seconds) >= 15, "a checkpoint upload was retried through the outage"
+    print(json.dumps({"fault": "S3 outage 25 s", "run_s": round(time.monotonic() - started, 1),
+                      "longest_checkpoint_save_s": round(max(save_seconds), 1)}))
+
+
+def test_an_outage_beyond_the_limit_stops_the_run_resumably(bucket, tmp_path, restartable_s3):
+    """With `PBT_JOB_STORAGE_RETRY_S=5` a 40 s outage stops the run with a clear error (exit 1);
+    once storage is back the same command resumes it to the end."""
+    driver, lineage_before = outage_run(bucket, "limit", tmp_path, restartable_s3, retry_s=5, stop=6)
+    outage_started = time.monotonic()
+    exit_code = driver.finish(timeout=300)
+    stopped_after_s = time.monotonic() - outage_started
+    restartable_s3.start()
+    output = driver.output()
+    assert exit_code == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("pbt-job: error:")]
+    assert len(errors) == 1 and "storage failed for more than 5 s" in errors[0], output[-3000:]
+    assert "run the same command to resume" in errors[0] and "PBT_JOB_STORAGE_RETRY_S" in errors[0]
+
+    again = Driver(tmp_path / "limit-again.log", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name",
+                   "limit", "--metrics-port", "0", "--set", "stop.training_iteration=6", "--set", "checkpoints.num_to_keep=null",
+                   env={"AWS_ENDPOINT_URL": restartable_s3.url})
+    assert again.finish() == 0, again.output()[-3000:]
+    assert_run_complete_and_consistent(bucket, "runs/limit", 6, lineage_before, all_kept=True)
+    print(json.dumps({"fault": "S3 outage beyond PBT_JOB_STORAGE_RETRY_S=5", "stopped_after_s": round(stopped_after_s, 1)}))
+
+
+# -- driver death ---------------------------------------------------------------------------------------
+
+
+def new_checkpoint_object(bucket: str, run: str) -> Callable[[], bool]:
+    """True as soon as a checkpoint object appears that was not there at the first call:
+    the driver is killed while that checkpoint's files are being uploaded (or just after)."""
+    seen: set[str] | None = None
+
+    def appeared() -> bool:
+        nonlocal seen
+        now = {key for key in list_keys(bucket, run) if "/checkpoint_" in key}
+        if seen is None:
+            seen = now
+        return bool(now - seen)
+
+    return appeared
+
+
+KILL_POINTS = {
+    "during-training": lambda bucket, run: all_trials_reached(bucket, run, 3),
+    "during-checkpoint-upload": new_checkpoint_object,
+    "right-after-an-exploit": lambda bucket, run: lambda: bool(stored_lineage(bucket, run)),
+}
+
+
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_sigkill_of_the_driver_then_the_same_command_resumes(bucket, tmp_path, kill_point):
+    """Driver death and a RayJob-style retry.
+
+    1. `pbt-job train` on S3; at the kill point (after 2 stored iterations for the upload
+       case), SIGKILL the driver's whole process group (driver, its Ray head and workers).
+    2. The same command continues the stored run: every trial reaches the stop iteration,
+       each continues from a stored iteration (not from zero), lineage keeps its events
+       without duplicates, summary agrees, referenced checkpoints exist.
+    3. The exporter of the resumed driver continues `pbt_env_steps_total` from the stored totals.
+    4. `--resume never` then refuses the run and changes nothing in the bucket.
+    """
+    stop, name = 8, f"killed-{kill_point}"
+    run = f"runs/{name}"
+    args = ["--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name", name,
+            "--set", f"stop.training_iteration={stop}"]
+    first = Driver(tmp_path / "first.log", *args, "--metrics-port", "0")
+    if kill_point == "during-checkpoint-upload":
+        first.wait_until(all_trials_reached(bucket, run, 2), "2 stored iterations")
+    first.wait_until(KILL_POINTS[kill_point](bucket, run), kill_point, poll=0.1)
+    first.kill()
+    killed_at = time.monotonic()
+    ledgers_at_kill = stored_ledgers(bucket, run)
+    lineage_before = stored_lineage(bucket, run)
+
+    port = free_port()
+    second = Driver(tmp_path / "second.log", *args, "--metrics-port", str(port))
+    second.wait_until(lambda: _answers(port), "the exporter to answer", poll=0.2)
+    steps_at_start = scrape_env_steps(port)
+    for trial, ledger in ledgers_at_kill.items():
+        assert steps_at_start.get(trial, 0) >= ledger["env_steps_total"], (trial, steps_at_start, ledger)
+    assert second.finish() == 0, second.output()[-3000:]
+    assert "[resume] continuing" in second.output()
+
+    redone = 0
+    for trial, ledger in stored_ledgers(bucket, run).items():
+        first_session, resumed_from = ledger["session_starts"][0], ledger["session_starts"][-1]
+        at_kill = ledgers_at_kill.get(trial, {}).get("iteration", stop)
+        assert len(ledger["session_starts"]) == 2 and first_session == 0, ledger
+        assert 1 <= resumed_from <= at_kill, (ledgers_at_kill, ledger)
+        redone += at_kill - resumed_from
+    print(json.dumps({"fault": f"driver SIGKILL {kill_point}", "iterations_redone": redone,
+                      "resumed_run_s": round(time.monotonic() - killed_at, 1)}))
+    assert_run_complete_and_consistent(bucket, run, stop, lineage_before, all_kept=False)
+
+    client = boto3.client("s3")
+    before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert_bad_input(run_cli("train", *args, "--resume", "never"), "already holds a run", "--resume auto")
+    assert {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]} == before
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(scrape_env_steps(port))
+    except OSError:
+        return False
+
+
+# -- node loss ------------------------------------------------------------------------------------------
+
+
+def test_losing_a_worker_node_restarts_its_trial_from_a_checkpoint(bucket, tmp_path):
+    """A head without trial resources and two 1-CPU worker nodes (a worker pool); one trial per node.
+
+    1. After 3 stored iterations per trial, remove one worker node (its raylet and the
+       trial's processes die with it); 10 s later a replacement node joins.
+    2. The lost trial restarts from its last checkpoint (its first result in the new
+       session continues from a stored iteration), the run finishes, and no lineage
+       event or referenced checkpoint is lost.
+    """
+    from ray.cluster_utils import Cluster
+
+    detect_node_death_in_20s = {"health_check_period_ms": 2000, "health_check_failure_threshold": 10}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": detect_node_death_in_20s},
+    )
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        name, stop = "nodeloss", 8
+        run = f"runs/{name}"
+        driver = Driver(tmp_path / "nodeloss.log", "--config", str(TINY), "--storage", f"s3://{bucket}/runs",
+                        "--name", name, "--metrics-port", "0", "--set", f"stop.training_iteration={stop}",
+                        "--set", "resources.num_cpus_per_trial=1", env={"RAY_ADDRESS": cluster.address})
+        driver.wait_until(all_trials_reached(bucket, run, 3), "3 stored iterations")
+        lineage_before = stored_lineage(bucket, run)
+        lost_at = time.monotonic()
+        cluster.remove_node(workers[0], allow_graceful=False)
+        time.sleep(10)
+        cluster.add_node(num_cpus=1)
+        assert driver.finish() == 0, driver.output()[-3000:]
+        finished_after_s = time.monotonic() - lost_at
+    finally:
+        cluster.shutdown()
+    assert "Trial task failed for trial" in driver.output(), "the loss hit a trial"
+    summary = assert_run_complete_and_consistent(bucket, run, stop, lineage_before, all_kept=False)
+    for key, results in stored_results(bucket, run).items():
+        iterations = [r["training_iteration"] for r in results]
+        assert iterations.count(1) == 1, f"{key}: a restart from zero ({iterations})"
+    print(json.dumps({"fault": "worker node loss", "finished_after_s": round(finished_after_s, 1),
+                      "exploits": summary["exploits"]}))
+
+
+# -- local disk -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("storage", "env", "needles"),
+    [
+        ("/sys/pbt-job-runs", {}, ["--storage /sys/pbt-job-runs", "cannot write", "writable folder"]),
+        ("{tmp}/a-file/runs", {}, ["cannot write", "writable folder"]),
+        ("{tmp}/runs", {"PBT_JOB_MIN_FREE_MB": "100000000"}, ["free", "PBT_JOB_MIN_FREE_MB"]),
+        ("{tmp}/runs", {"PBT_JOB_STORAGE_RETRY_S": "soon"}, ["PBT_JOB_STORAGE_RETRY_S", "seconds"]),
+    ],
+    ids=["read-only-filesystem", "path-under-a-file", "disk-full", "bad-retry-env"],
+)
+def test_unwritable_or_full_local_storage_is_refused_before_training(tmp_path, storage, env, needles):
+    (tmp_path / "a-file").write_text("not a folder")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    proc = run_cli("train", "--config", str(TINY), "--storage", storage.format(tmp=tmp_path), env=env, timeout=60)
+    assert_bad_input(proc, *needles)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing written"
+
+
+# -- untrusted run files --------------------------------------------------------------------------------
+
+
+def test_corrupt_run_files_are_skipped_with_warnings_on_resume(ray_start_2_cpus, tmp_path):
+    """A finished run whose pbt-job files were damaged (truncated lines, garbage, a pickle
+    where JSON belongs): `train --resume auto` warns per bad line or file, never crashes
+    and never unpickles them, and rewrites a valid summary."""
+    import pickle
+
+    from pbt_job.training.config import load_config
+    from pbt_job.training.run import train
+
+    job = load_config(TINY, ["stop.training_iteration=3", "pbt.perturbation_interval=1"])
+    train(job, parse_storage_uri(str(tmp_path)), "damaged", resume="never")
+    run = tmp_path / "damaged"
+    lineage = (run / "lineage.jsonl").read_text() if (run / "lineage.jsonl").exists() else ""
+    (run / "lineage.jsonl").write_text(lineage + '{"recipient": "x", "iter\n[1, 2]\nnot json at all\n')
+    (run / "pbt_state.jsonl").write_bytes(pickle.dumps({"trials": {}}))
+    (run / "summary.json").write_text('{"best_trial": ')
+    proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path), "--name", "damaged", "--metrics-port", "0",
+                   "--set", "stop.training_iteration=3", "--set", "pbt.perturbation_interval=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    valid = len(lineage.splitlines())
+    for bad_line in (valid + 1, valid + 2, valid + 3):
+        assert f"lineage.jsonl line {bad_line} skipped" in proc.stderr, proc.stderr[-3000:]
+    assert "pbt_state.jsonl is not valid JSON" in proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["exploits"] == len(parse_lineage(lineage))

@@ -1,0 +1,249 @@
+"""`pbt-job report`: ancestry on known lineages, untrusted result files, and reports of real runs (local, S3)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from matplotlib.image import imread
+
+from conftest import REPO, list_keys, read_object
+from pbt_job.cli import main
+from pbt_job.report import plots
+from pbt_job.report.ancestry import Exploit, Segment, ancestry, clones_before, discarded, inherited, segment_end
+from pbt_job.report.run_data import load_run, parse_results
+from pbt_job.report.write import SUMMARY_KEYS, write_report
+from pbt_job.storage import parse_storage_uri
+from pbt_job.training.config import config_to_dict, load_config
+from pbt_job.training.run_files import parse_lineage
+
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+FILES = ("lineage.png", "schedules.png", "curves.png", "report.md", "report.json")
+
+
+@dataclass(frozen=True)
+class R:
+    """A result as `inherited` sees it, named by who trained it."""
+
+    iteration: int
+    time: float
+    by: str = ""
+
+
+# A known lineage (times in seconds):
+#   t=1  b <- a@2   b continues from a's iteration 2
+#   t=2  c <- b@3   c gets a's iterations 1-2 and b's 3
+#   t=3  b <- c@5   b is cloned a second time, from a donor that was itself a recipient
+#   t=4  a <- b@6   a later clone into an ancestor changes nothing of what came before
+KNOWN = [
+    Exploit(recipient="b", donor="a", donor_iteration=2, time=1.0),
+    Exploit(recipient="c", donor="b", donor_iteration=3, time=2.0),
+    Exploit(recipient="b", donor="c", donor_iteration=5, time=3.0),
+    Exploit(recipient="a", donor="b", donor_iteration=6, time=4.0),
+]
+
+
+def spans(chain: list[Segment]) -> list[tuple[str, int, int | None]]:
+    return [(s.trial, s.start, s.end) for s in chain]
+
+
+def test_ancestry_follows_a_twice_cloned_trial_through_a_donor_that_was_a_recipient():
+    chain = ancestry("b", KNOWN[:3])
+    assert spans(chain) == [("a", 0, 2), ("b", 2, 3), ("c", 3, 5), ("b", 5, None)]
+    assert [s.received for s in chain] == [None, KNOWN[0], KNOWN[1], KNOWN[2]]
+
+
+def test_ancestry_ignores_clones_after_the_weights_were_handed_on():
+    assert spans(ancestry("a", KNOWN)) == [("a", 0, 2), ("b", 2, 3), ("c", 3, 5), ("b", 5, 6), ("a", 6, None)]
+    assert spans(ancestry("c", KNOWN)) == [("a", 0, 2), ("b", 2, 3), ("c", 3, None)]
+
+
+def test_ancestry_of_a_never_cloned_trial_and_of_simultaneous_swaps_terminates():
+    assert spans(ancestry("d", KNOWN)) == [("d", 0, None)]
+    swap = [Exploit("x", "y", 2, time=1.0), Exploit("y", "x", 2, time=1.0)]
+    assert spans(ancestry("x", swap)) == [("y", 0, 2), ("x", 2, None)]
+
+
+def test_inherited_picks_each_iteration_from_the_trial_and_time_that_trained_it():
+    results = {
+        "a": [R(1, 0.5, "a"), R(2, 0.9, "a"), R(3, 1.5, "a-late")],
+        "b": [R(1, 0.5, "b-own"), R(2, 0.9, "b-own"), R(3, 1.6, "b"), R(4, 2.5, "b-lost"), R(6, 3.5, "b")],
+        "c": [R(1, 0.4, "c-own"), R(4, 2.4, "c-lost"), R(4, 2.5, "c"), R(5, 2.8, "c"), R(6, 3.2, "c-after")],
+    }
+    path = inherited(ancestry("b", KNOWN[:3]), results)
+    assert [(r.iteration, r.by) for r in path] == [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "c"), (6, "b")]
+    assert segment_end(ancestry("b", KNOWN[:3])[-1], results) == 6
+
+
+def test_clones_before_finds_the_exploit_between_two_results():
+    """Tune's timestamps are whole seconds: a result in the exploit's own second is the one that triggered it."""
+    results = [R(1, 1), R(2, 3), R(3, 5), R(4, 8)]
+    early, superseded, late, same_second = (Exploit("b", "a", 2, time=t) for t in (2.5, 4.0, 4.5, 5.0))
+    assert clones_before(results, [early, superseded, late, same_second]) == [None, early, late, same_second]
+
+
+def test_discarded_marks_results_a_later_restore_went_back_over():
+    results = [R(1, 0), R(2, 1), R(3, 2), R(2, 3), R(3, 4), R(4, 5)]
+    assert discarded(results) == [False, True, True, False, False, False]
+
+
+def test_result_lines_are_untrusted(caplog):
+    good = {"trial_id": "t1", "training_iteration": 3, "timestamp": 100, "pbt_score": 2.5,
+            "config": {"lr": 1e-4, "_train_batch_size_per_learner": 256},
+            "env_runners": {"module_episode_returns_mean": {"prey": float("nan"), "predator": 4.0}}}
+    text = "\n".join([json.dumps(good), "{not json", json.dumps({"trial_id": "t1"}), json.dumps([1, 2]), ""])
+    with caplog.at_level(logging.WARNING):
+        parsed = parse_results(text, "result.json", "pbt_score", ["lr", "train_batch_size_per_learner"])
+    assert len(parsed) == 1
+    trial, result = parsed[0]
+    assert (trial, result.iteration, result.time, result.metric) == ("t1", 3, 100.0, 2.5)
+    assert result.returns == {"predator": 4.0}
+    assert result.hyperparameters == {"lr": 1e-4, "train_batch_size_per_learner": 256}
+    assert sum("skipped" in message for message in caplog.messages) == 3
+
+
+def test_lineage_keeps_only_well_formed_exploits_in_time_order(tmp_path, caplog):
+    (tmp_path / "job_config.json").write_text(json.dumps(config_to_dict(load_config(TINY))))
+    first = {"event": "exploit", "recipient": "t0", "donor": "t1", "iteration": 2, "donor_iteration": 2, "time": 5.0}
+    second = {**first, "recipient": "t1", "donor": "t0", "time": 9.0}
+    lines = [json.dumps(second), "{cut", json.dumps({"event": "skip", "recipient": "t0", "iteration": 4}),
+             json.dumps({**first, "donor": None}), json.dumps(first)]
+    (tmp_path / "lineage.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        run = load_run(str(tmp_path))
+    assert run.exploits == [Exploit("t0", "t1", 2, 5.0), Exploit("t1", "t0", 2, 9.0)]
+    assert run.trials == ["t0", "t1"] and run.results == {} and run.summary is None
+    assert len(caplog.messages) == 2
+
+
+def test_a_path_that_is_not_a_run_exits_2_and_names_the_runs_below_it(tmp_path, capsys):
+    (tmp_path / "runs" / "one").mkdir(parents=True)
+    (tmp_path / "runs" / "one" / "job_config.json").write_text("{}")
+    assert main(["report", str(tmp_path / "runs")]) == 2
+    assert "not a pbt-job run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+
+
+def test_a_run_without_results_gets_tables_and_says_so(tmp_path, caplog):
+    run = tmp_path / "fresh"
+    (run / "PBTPPO_x_00000_0").mkdir(parents=True)
+    (run / "job_config.json").write_text(json.dumps(config_to_dict(load_config(TINY))))
+    with caplog.at_level(logging.WARNING):
+        path = write_report(str(run))
+    assert path == str(run / "report" / "report.md")
+    assert sorted(p.name for p in (run / "report").iterdir()) == ["report.json", "report.md"]
+    numbers = json.loads((run / "report" / "report.json").read_text())
+    assert numbers["pictures"] == [] and numbers["finished"] is False and numbers["best_trial"] is None
+    assert any("No trial has reported a result yet" in message for message in caplog.messages)
+    assert "No trial has reported a result yet" in (run / "report" / "report.md").read_text()
+
+
+# Real runs: one tiny PBT population per storage kind, shared by the tests below.
+
+
+def train_tiny(location: str, name: str, overrides: list[str]) -> str:
+    from pbt_job.training.run import train
+
+    outcome = train(load_config(TINY, overrides), parse_storage_uri(location), name, resume="never")
+    assert outcome.errors == 0
+    return outcome.run_uri
+
+
+@pytest.fixture(scope="module")
+def local_run(ray_start_2_cpus, tmp_path_factory) -> Path:
+    return Path(train_tiny(str(tmp_path_factory.mktemp("runs")), "report-local", ["stop.training_iteration=8"]))
+
+
+@pytest.fixture(scope="module")
+def s3_run(ray_start_2_cpus, s3_endpoint) -> tuple[str, str]:
+    bucket = f"pbt-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return bucket, train_tiny(f"s3://{bucket}/runs", "report-s3", [])
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG, decoding all of it."""
+    height, width = imread(io.BytesIO(data), format="png").shape[:2]
+    return width, height
+
+
+def assert_report_folder(folder: Path, run_uri: str) -> dict:
+    """All files written, pictures decodable at their layout's size; returns report.json."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)
+    run = load_run(run_uri)
+    rows = {"lineage.png": (plots.LINEAGE, len(run.trials)), "schedules.png": (plots.SCHEDULES, len(run.mutations)),
+            "curves.png": (plots.CURVES, 1 + len(run.policies))}
+    for name, (layout, count) in rows.items():
+        assert png_size((folder / name).read_bytes()) == (plots.WIDTH_PX, layout.height_px(count)), name
+    markdown = (folder / "report.md").read_text()
+    assert all(f"]({name})" in markdown for name in rows) and run.name in markdown
+    return json.loads((folder / "report.json").read_text())
+
+
+def assert_agrees_with_run_files(numbers: dict, summary: dict, lineage: list[dict]) -> None:
+    assert numbers["finished"] is True
+    for key in SUMMARY_KEYS:
+        assert numbers[key] == summary[key], key
+    assert numbers["exploits"] == len(lineage) > 0
+    for trial, row in numbers["trials"].items():
+        assert row["times_cloned"] == sum(e["recipient"] == trial for e in lineage), trial
+        assert row["times_donor"] == sum(e["donor"] == trial for e in lineage), trial
+    chain = numbers["best_ancestry"]
+    assert chain[-1]["trial"] == summary["best_trial"]
+    assert chain[-1]["to_iteration"] == summary["trials"][summary["best_trial"]]["iteration"]
+    assert chain[0]["from_iteration"] == 1
+    for before, after in zip(chain, chain[1:]):
+        assert after["from_iteration"] == before["to_iteration"] + 1
+        assert any(e["recipient"] == after["trial"] and e["donor"] == before["trial"]
+                   and e["donor_iteration"] == before["to_iteration"] for e in lineage), (before, after)
+
+
+@pytest.mark.slow
+def test_report_of_a_real_local_run(local_run, capsys):
+    """1. `pbt-job report RUN` writes into RUN/report and prints where.
+    2. Every file is there; the PNGs decode to their layout's size.
+    3. report.json agrees with summary.json and lineage.jsonl, including the best trial's ancestry.
+    """
+    assert main(["report", str(local_run)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {local_run / 'report' / 'report.md'}"
+    numbers = assert_report_folder(local_run / "report", str(local_run))
+    summary = json.loads((local_run / "summary.json").read_text())
+    assert_agrees_with_run_files(numbers, summary, parse_lineage((local_run / "lineage.jsonl").read_text()))
+
+
+@pytest.mark.slow
+def test_report_of_a_run_still_training_reads_what_is_there(local_run, tmp_path):
+    """Without summary.json (as while training) the numbers come from results and ledgers, and match the summary."""
+    running = tmp_path / "running"
+    shutil.copytree(local_run, running, ignore=shutil.ignore_patterns("summary.json", "report"))
+    numbers = json.loads(Path(write_report(str(running), str(tmp_path / "out"))).with_name("report.json").read_text())
+    summary = json.loads((local_run / "summary.json").read_text())
+    assert numbers["finished"] is False and "has not finished" in numbers["notes"][0]
+    for key in ("best_trial", "exploits", "env_steps_total"):
+        assert numbers[key] == summary[key], key
+    assert numbers["best_metric"] == pytest.approx(summary["best_metric"])
+    assert numbers["best_hyperparameters"] == pytest.approx(summary["best_hyperparameters"])
+
+
+@pytest.mark.slow
+def test_report_of_a_real_s3_run(s3_run, tmp_path, monkeypatch):
+    """An S3 run reports into ./report-<name>/ by default, or into an s3:// --out."""
+    bucket, run_uri = s3_run
+    monkeypatch.chdir(tmp_path)
+    assert write_report(run_uri) == str(tmp_path / "report-report-s3" / "report.md")
+    numbers = assert_report_folder(tmp_path / "report-report-s3", run_uri)
+    summary = json.loads(read_object(bucket, "runs/report-s3/summary.json"))
+    lineage = parse_lineage(read_object(bucket, "runs/report-s3/lineage.jsonl"))
+    assert_agrees_with_run_files(numbers, summary, lineage)
+
+    assert write_report(run_uri, f"s3://{bucket}/reports/tiny") == f"s3://{bucket}/reports/tiny/report.md"
+    written = [key for key in list_keys(bucket, "reports/tiny/") if not key.endswith("/")]  # "/": folder markers
+    assert sorted(written) == sorted(f"reports/tiny/{name}" for name in FILES)
