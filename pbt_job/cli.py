@@ -90,7 +90,7 @@ def _progress_reporter(job):
 
 def _train(args: argparse.Namespace) -> int:
     from pbt_job import metrics
-    from pbt_job.storage import parse_storage_uri
+    from pbt_job.storage import check_storage, parse_storage_uri
 
     job = _load(args)
     location = parse_storage_uri(args.storage)
@@ -98,6 +98,7 @@ def _train(args: argparse.Namespace) -> int:
         if job.metrics_port:
             server = stack.enter_context(metrics.serve(job.metrics_port))
             print(f"metrics: http://localhost:{server.port}/metrics")
+        check_storage(location)  # before Ray's imports: bad storage answers in a second, not ten
         from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
         outcome = train(job, location, job.name, resume=args.resume, progress_reporter=_progress_reporter(job))
     summary = outcome.summary

@@ -59,6 +59,13 @@ class StorageError(BadInput):
 class StorageOutage(OSError):
     """Storage failed for longer than the retry limit while the run was going."""
 
+    @classmethod
+    def stopped(cls, what: str, err: BaseException) -> "StorageOutage":
+        return cls(
+            f"storage failed while {what} ({err}); the run stopped: once storage is back, "
+            f"run the same command to resume ({RETRY_ENV} sets how long writes are retried)"
+        )
+
 
 def retry_limit_s() -> float:
     """Seconds a storage write is retried during an outage, from `PBT_JOB_STORAGE_RETRY_S`.
@@ -94,10 +101,7 @@ def retry_storage(action: Callable[[], T], what: str) -> T:
             if err.errno in PERMANENT_ERRNOS:
                 raise
             if time.monotonic() + delay > deadline:
-                raise StorageOutage(
-                    f"storage failed for more than {limit:.0f} s while {what} ({err}); the run stopped: "
-                    f"once storage is back, run the same command to resume ({RETRY_ENV} sets the limit)"
-                ) from err
+                raise StorageOutage.stopped(f"{what}, retried for {limit:.0f} s", err) from err
             logger.warning("[storage] %s failed (%s); retrying in %.1f s", what, err, delay)
             time.sleep(delay)
             delay = min(2 * delay, MAX_RETRY_DELAY_S)

@@ -100,15 +100,24 @@ CONFIG_CASES = {
 }
 
 
+def tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
 def test_bad_config_input_exits_2_naming_the_field(tmp_path, case):
+    """Bad input against storage that already holds a run: exit 2, one line, the run untouched."""
     text, extra, needles = CONFIG_CASES[case]
     config = tmp_path / "job.yaml"
     config.write_text(text)
     runs = tmp_path / "runs"
+    for name in ("pbt-predpreygrass", "tiny"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "lineage.jsonl").write_text('{"recipient": "a", "iteration": 2}\n')
+    before = tree(runs)
     proc = run_cli("train", "--config", str(config), "--storage", str(runs), *extra, timeout=60)
     assert_bad_input(proc, *needles)
-    assert not runs.exists(), "nothing is written for a bad config"
+    assert tree(runs) == before, "nothing in the storage changes"
 
 
 def test_missing_config_file_and_bad_flags(tmp_path):

@@ -98,7 +98,8 @@ def all_trials_reached(bucket: str, run: str, iteration: int) -> Callable[[], bo
 
 
 def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage_before: list[dict], all_kept: bool) -> dict:
-    """Every trial reached `stop`, lineage kept its events without duplicates, summary agrees,
+    """Every trial reached `stop`, lineage kept its events without duplicates (one recipient may
+    be cloned twice at one iteration: a clone sets its iteration back), summary agrees,
     and every checkpoint the final Tune state references exists (with `all_kept`, no
     retention: every donor checkpoint the lineage references too, pinned copies aside)."""
     from ray import tune
@@ -108,9 +109,10 @@ def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage
     for trial, ledger in stored_ledgers(bucket, run).items():
         assert ledger["iteration"] == stop, (trial, ledger)
     lineage = stored_lineage(bucket, run)
-    keys = [(e["recipient"], e["iteration"]) for e in lineage]
-    assert len(keys) == len(set(keys)), "no duplicate lineage events"
-    assert {(e["recipient"], e["iteration"]) for e in lineage_before} <= set(keys), "no lineage event lost"
+    lines = [json.dumps(e, sort_keys=True) for e in lineage]
+    assert len(lines) == len(set(lines)), "no duplicate lineage events"
+    keys = {(e["recipient"], e["iteration"]) for e in lineage}
+    assert {(e["recipient"], e["iteration"]) for e in lineage_before} <= keys, "no lineage event lost"
     summary = json.loads(read_object(bucket, f"{run}/summary.json"))
     assert summary["errors"] == 0 and summary["exploits"] == len(lineage)
 
@@ -181,16 +183,17 @@ def test_a_storage_outage_of_25_s_is_ridden_out(bucket, tmp_path, restartable_s3
     3. Once the endpoint is back the run finishes: every trial at the stop iteration, no
        trial errored, lineage complete, every referenced checkpoint in the bucket."""
     started = time.monotonic()
-    driver, lineage_before = outage_run(bucket, "outage", tmp_path, restartable_s3, retry_s=120, stop=8)
+    driver, lineage_before = outage_run(bucket, "outage", tmp_path, restartable_s3, retry_s=120, stop=6)
     time.sleep(25)
     assert driver.process.poll() is None, "the driver survives the outage"
     restartable_s3.start()
     assert driver.finish() == 0, driver.output()[-3000:]
     assert "Could not connect to server" in driver.output(), "the outage was real"
-    assert_run_complete_and_consistent(bucket, "runs/outage", 8, lineage_before, all_kept=True)
+    assert_run_complete_and_consistent(bucket, "runs/outage", 6, lineage_before, all_kept=True)
     save_seconds = [seconds for results in stored_results(bucket, "runs/outage").values()
                     for r in results for seconds, _ in r.get(CHECKPOINTS_KEY, [])]
-    assert max(save_seconds) >= 15, "a checkpoint upload was retried through the outage"
+    retried_in_driver = "[storage]" in driver.output() and "retrying" in driver.output()
+    assert retried_in_driver or max(save_seconds) >= 15, "writes (driver) or uploads (trials) were retried"
     print(json.dumps({"fault": "S3 outage 25 s", "run_s": round(time.monotonic() - started, 1),
                       "longest_checkpoint_save_s": round(max(save_seconds), 1)}))
 
@@ -198,7 +201,7 @@ def test_a_storage_outage_of_25_s_is_ridden_out(bucket, tmp_path, restartable_s3
 def test_an_outage_beyond_the_limit_stops_the_run_resumably(bucket, tmp_path, restartable_s3):
     """With `PBT_JOB_STORAGE_RETRY_S=5` a 40 s outage stops the run with a clear error (exit 1);
     once storage is back the same command resumes it to the end."""
-    driver, lineage_before = outage_run(bucket, "limit", tmp_path, restartable_s3, retry_s=5, stop=6)
+    driver, lineage_before = outage_run(bucket, "limit", tmp_path, restartable_s3, retry_s=5, stop=4)
     outage_started = time.monotonic()
     exit_code = driver.finish(timeout=300)
     stopped_after_s = time.monotonic() - outage_started
@@ -206,86 +209,96 @@ def test_an_outage_beyond_the_limit_stops_the_run_resumably(bucket, tmp_path, re
     output = driver.output()
     assert exit_code == 1, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("pbt-job: error:")]
-    assert len(errors) == 1 and "storage failed for more than 5 s" in errors[0], output[-3000:]
+    assert len(errors) == 1 and "storage failed while" in errors[0], output[-3000:]
     assert "run the same command to resume" in errors[0] and "PBT_JOB_STORAGE_RETRY_S" in errors[0]
+    assert output.rstrip().splitlines()[-1] == errors[0], "a clean stop, not a crash"
 
     again = Driver(tmp_path / "limit-again.log", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name",
-                   "limit", "--metrics-port", "0", "--set", "stop.training_iteration=6", "--set", "checkpoints.num_to_keep=null",
+                   "limit", "--metrics-port", "0", "--set", "stop.training_iteration=4", "--set", "checkpoints.num_to_keep=null",
                    env={"AWS_ENDPOINT_URL": restartable_s3.url})
     assert again.finish() == 0, again.output()[-3000:]
-    assert_run_complete_and_consistent(bucket, "runs/limit", 6, lineage_before, all_kept=True)
+    assert_run_complete_and_consistent(bucket, "runs/limit", 4, lineage_before, all_kept=True)
     print(json.dumps({"fault": "S3 outage beyond PBT_JOB_STORAGE_RETRY_S=5", "stopped_after_s": round(stopped_after_s, 1)}))
 
 
 # -- driver death ---------------------------------------------------------------------------------------
 
 
+def new_lineage_line(bucket: str, run: str) -> Callable[[], bool]:
+    known = len(stored_lineage(bucket, run))
+    return lambda: len(stored_lineage(bucket, run)) > known
+
+
+def trials_advanced(bucket: str, run: str) -> Callable[[], bool]:
+    """Every trial stored at least one iteration more than now: the session is training."""
+    start = stored_iterations(bucket, run)
+    return lambda: all(stored_iterations(bucket, run).get(t, 0) > i for t, i in start.items())
+
+
 def new_checkpoint_object(bucket: str, run: str) -> Callable[[], bool]:
-    """True as soon as a checkpoint object appears that was not there at the first call:
-    the driver is killed while that checkpoint's files are being uploaded (or just after)."""
-    seen: set[str] | None = None
-
-    def appeared() -> bool:
-        nonlocal seen
-        now = {key for key in list_keys(bucket, run) if "/checkpoint_" in key}
-        if seen is None:
-            seen = now
-        return bool(now - seen)
-
-    return appeared
+    """True as soon as a checkpoint object appears that is not there now: the driver is
+    killed while that checkpoint's files are being uploaded (or just after)."""
+    seen = {key for key in list_keys(bucket, run) if "/checkpoint_" in key}
+    return lambda: bool({key for key in list_keys(bucket, run) if "/checkpoint_" in key} - seen)
 
 
 KILL_POINTS = {
-    "during-training": lambda bucket, run: all_trials_reached(bucket, run, 3),
-    "during-checkpoint-upload": new_checkpoint_object,
-    "right-after-an-exploit": lambda bucket, run: lambda: bool(stored_lineage(bucket, run)),
+    "right after an exploit": new_lineage_line,
+    "during training": trials_advanced,
+    "during a checkpoint upload": new_checkpoint_object,
 }
 
 
-@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
-def test_sigkill_of_the_driver_then_the_same_command_resumes(bucket, tmp_path, kill_point):
-    """Driver death and a RayJob-style retry.
+def test_sigkill_of_the_driver_at_three_points_then_the_same_command_resumes(bucket, tmp_path):
+    """Driver death and a RayJob-style retry, three times in one run.
 
-    1. `pbt-job train` on S3; at the kill point (after 2 stored iterations for the upload
-       case), SIGKILL the driver's whole process group (driver, its Ray head and workers).
-    2. The same command continues the stored run: every trial reaches the stop iteration,
-       each continues from a stored iteration (not from zero), lineage keeps its events
-       without duplicates, summary agrees, referenced checkpoints exist.
-    3. The exporter of the resumed driver continues `pbt_env_steps_total` from the stored totals.
+    1. `pbt-job train` on S3. At each kill point in turn (right after an exploit, during
+       training, during a checkpoint upload) SIGKILL the driver's whole process group
+       (driver, its Ray head and workers), then start the same command again.
+    2. Each new session's exporter continues `pbt_env_steps_total` from the stored totals.
+    3. The last session finishes: every trial reaches the stop iteration having continued,
+       each time, from a stored iteration (not from zero); lineage keeps its events (a
+       redone exploit replaces the killed session's line, never doubles it); summary
+       agrees; referenced checkpoints exist.
     4. `--resume never` then refuses the run and changes nothing in the bucket.
     """
-    stop, name = 8, f"killed-{kill_point}"
+    stop, name = 10, "killed"
     run = f"runs/{name}"
     args = ["--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name", name,
             "--set", f"stop.training_iteration={stop}"]
-    first = Driver(tmp_path / "first.log", *args, "--metrics-port", "0")
-    if kill_point == "during-checkpoint-upload":
-        first.wait_until(all_trials_reached(bucket, run, 2), "2 stored iterations")
-    first.wait_until(KILL_POINTS[kill_point](bucket, run), kill_point, poll=0.1)
-    first.kill()
-    killed_at = time.monotonic()
-    ledgers_at_kill = stored_ledgers(bucket, run)
-    lineage_before = stored_lineage(bucket, run)
+    driver = Driver(tmp_path / "session-1.log", *args, "--metrics-port", "0")
+    figures = []
+    for session, (kill_point, condition) in enumerate(KILL_POINTS.items(), start=2):
+        driver.wait_until(condition(bucket, run), kill_point, poll=0.1)
+        driver.kill()
+        killed_at, ledgers_at_kill = time.time(), stored_ledgers(bucket, run)
+        port = free_port()
+        driver = Driver(tmp_path / f"session-{session}.log", *args, "--metrics-port", str(port))
+        driver.wait_until(lambda: _answers(port), "the exporter to answer", poll=0.2)
+        steps_at_start = scrape_env_steps(port)
+        for trial, ledger in ledgers_at_kill.items():
+            assert steps_at_start.get(trial, 0) >= ledger["env_steps_total"], (trial, steps_at_start, ledger)
+        driver.wait_until(lambda: len(stored_ledgers(bucket, run).get(next(iter(ledgers_at_kill)), {})
+                                      .get("session_starts", [])) == session, "the session's first result")
+        restarted = stored_ledgers(bucket, run)
+        redone = sum(ledgers_at_kill[t]["iteration"] - restarted[t]["session_starts"][-1]
+                     for t in ledgers_at_kill if len(restarted[t]["session_starts"]) == session)
+        figures.append({"fault": f"driver SIGKILL {kill_point}", "iterations_redone": redone,
+                        "seconds_to_first_result": round(time.time() - killed_at, 1)})
+        lineage_at_kill = [e for e in stored_lineage(bucket, run) if e["time"] <= killed_at]
+    assert driver.finish() == 0, driver.output()[-3000:]
+    assert "[resume] continuing" in driver.output()
 
-    port = free_port()
-    second = Driver(tmp_path / "second.log", *args, "--metrics-port", str(port))
-    second.wait_until(lambda: _answers(port), "the exporter to answer", poll=0.2)
-    steps_at_start = scrape_env_steps(port)
-    for trial, ledger in ledgers_at_kill.items():
-        assert steps_at_start.get(trial, 0) >= ledger["env_steps_total"], (trial, steps_at_start, ledger)
-    assert second.finish() == 0, second.output()[-3000:]
-    assert "[resume] continuing" in second.output()
-
-    redone = 0
     for trial, ledger in stored_ledgers(bucket, run).items():
-        first_session, resumed_from = ledger["session_starts"][0], ledger["session_starts"][-1]
-        at_kill = ledgers_at_kill.get(trial, {}).get("iteration", stop)
-        assert len(ledger["session_starts"]) == 2 and first_session == 0, ledger
-        assert 1 <= resumed_from <= at_kill, (ledgers_at_kill, ledger)
-        redone += at_kill - resumed_from
-    print(json.dumps({"fault": f"driver SIGKILL {kill_point}", "iterations_redone": redone,
-                      "resumed_run_s": round(time.monotonic() - killed_at, 1)}))
-    assert_run_complete_and_consistent(bucket, run, stop, lineage_before, all_kept=False)
+        starts = ledger["session_starts"]
+        assert len(starts) == 4 and starts[0] == 0 and all(s >= 1 for s in starts[1:]), (trial, ledger)
+    lineage = stored_lineage(bucket, run)
+    before_last_kill = {(e["recipient"], e["iteration"]) for e in lineage if e["time"] <= killed_at}
+    after_last_kill = {(e["recipient"], e["iteration"]) for e in lineage if e["time"] > killed_at}
+    assert not before_last_kill & after_last_kill, "a redone exploit replaced the killed session's line"
+    assert_run_complete_and_consistent(bucket, run, stop, lineage_at_kill, all_kept=False)
+    for line in figures:
+        print(json.dumps(line))
 
     client = boto3.client("s3")
     before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -322,7 +335,7 @@ def test_losing_a_worker_node_restarts_its_trial_from_a_checkpoint(bucket, tmp_p
     try:
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
-        name, stop = "nodeloss", 8
+        name, stop = "nodeloss", 6
         run = f"runs/{name}"
         driver = Driver(tmp_path / "nodeloss.log", "--config", str(TINY), "--storage", f"s3://{bucket}/runs",
                         "--name", name, "--metrics-port", "0", "--set", f"stop.training_iteration={stop}",

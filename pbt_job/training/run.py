@@ -159,16 +159,22 @@ def train(
     try:
         results = tuner.fit()
     except Exception as err:
-        raise _storage_outage_behind(err) or err
+        outage = _storage_outage_behind(err)
+        if outage is None:
+            raise
+        raise outage from err
     summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode, mutated)
     return TrainOutcome(summary=summary, run_uri=location.display(name), resumed=exists, errors=len(results.errors))
 
 
 def _storage_outage_behind(err: BaseException) -> StorageOutage | None:
-    """Tune wraps a callback's exception in its own `TuneError`; find a storage outage behind it."""
+    """The storage failure behind a failed `fit`: Tune wraps a callback's `StorageOutage` in
+    its own `TuneError`, and its own reads and writes raise plain `OSError`s."""
     while err is not None:
         if isinstance(err, StorageOutage):
             return err
+        if isinstance(err, OSError):
+            return StorageOutage.stopped("Tune was saving or reading the experiment state", err)
         err = err.__cause__ or err.__context__
     return None
 
