@@ -99,9 +99,12 @@ def all_trials_reached(bucket: str, run: str, iteration: int) -> Callable[[], bo
 
 def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage_before: list[dict], all_kept: bool) -> dict:
     """Every trial reached `stop`, lineage kept its events without duplicates (one recipient may
-    be cloned twice at one iteration: a clone sets its iteration back), summary agrees,
-    and every checkpoint the final Tune state references exists (with `all_kept`, no
-    retention: every donor checkpoint the lineage references too, pinned copies aside)."""
+    be cloned twice at one iteration: a clone sets its iteration back), summary agrees, and
+    each trial's latest checkpoint in the final Tune state exists. With `all_kept` (no
+    retention) every checkpoint Tune's state and the lineage reference exists too, pinned
+    copies aside. (With retention, a driver killed after its checkpoint manager deleted an
+    old checkpoint but before the next snapshot leaves the snapshot listing it; resumes
+    only use the latest.)"""
     from ray import tune
 
     from pbt_job.training.algorithm import PBTPPO
@@ -118,8 +121,9 @@ def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage
 
     location = parse_storage_uri(f"s3://{bucket}/{run}")
     results = tune.Tuner.restore(location.path, trainable=PBTPPO, storage_filesystem=filesystem(location)).get_results()
-    referenced = {checkpoint.path: "Tune state" for result in results for checkpoint, _ in result.best_checkpoints}
+    referenced = {result.checkpoint.path: "Tune state, latest" for result in results}
     if all_kept:
+        referenced |= {checkpoint.path: "Tune state" for result in results for checkpoint, _ in result.best_checkpoints}
         referenced |= {e["donor_checkpoint"]: "lineage" for e in lineage if f"/{PIN_DIR}/" not in e["donor_checkpoint"]}
     assert referenced
     stored = set(list_keys(bucket, run))
@@ -252,21 +256,24 @@ KILL_POINTS = {
 def test_sigkill_of_the_driver_at_three_points_then_the_same_command_resumes(bucket, tmp_path):
     """Driver death and a RayJob-style retry, three times in one run.
 
-    1. `pbt-job train` on S3. At each kill point in turn (right after an exploit, during
-       training, during a checkpoint upload) SIGKILL the driver's whole process group
+    1. `pbt-job train` on S3. Once every trial has stored 3 iterations, at each kill point
+       in turn (right after an exploit, during training, during a checkpoint upload) SIGKILL the driver's whole process group
        (driver, its Ray head and workers), then start the same command again.
     2. Each new session's exporter continues `pbt_env_steps_total` from the stored totals.
     3. The last session finishes: every trial reaches the stop iteration having continued,
        each time, from a stored iteration (not from zero); lineage keeps its events (a
        redone exploit replaces the killed session's line, never doubles it); summary
        agrees; referenced checkpoints exist.
-    4. `--resume never` then refuses the run and changes nothing in the bucket.
+    4. No object of the run and no session's output holds the S3 secret.
+    5. `--resume never` then refuses the run and changes nothing in the bucket.
     """
     stop, name = 10, "killed"
     run = f"runs/{name}"
     args = ["--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--name", name,
             "--set", f"stop.training_iteration={stop}"]
     driver = Driver(tmp_path / "session-1.log", *args, "--metrics-port", "0")
+    driver.wait_until(all_trials_reached(bucket, run, 3), "3 stored iterations")
+    time.sleep(3)  # an experiment snapshot with every trial's checkpoint: resumes need not start from zero
     figures = []
     for session, (kill_point, condition) in enumerate(KILL_POINTS.items(), start=2):
         driver.wait_until(condition(bucket, run), kill_point, poll=0.1)
@@ -301,6 +308,14 @@ def test_sigkill_of_the_driver_at_three_points_then_the_same_command_resumes(buc
         print(json.dumps(line))
 
     client = boto3.client("s3")
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    keys = list_keys(bucket, f"{run}/")
+    assert any(k.endswith("tuner.pkl") for k in keys) and any(k.endswith("/params.json") for k in keys)
+    for key in keys:  # Tune pickles its storage filesystem and the trial configs: no secret in them
+        assert secret not in client.get_object(Bucket=bucket, Key=key)["Body"].read(), key
+    for log in tmp_path.glob("session-*.log"):
+        assert secret not in log.read_bytes(), log.name
+
     before = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert_bad_input(run_cli("train", *args, "--resume", "never"), "already holds a run", "--resume auto")
     assert {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]} == before
