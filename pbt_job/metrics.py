@@ -28,6 +28,8 @@ from pbt_job.errors import BadInput
 TRIAL_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
 ITERATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 CHECKPOINT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+EXPLOIT_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+"""Exploit to next result: a restore from the pinned copy plus one iteration."""
 
 
 class MetricsPortError(BadInput):
@@ -68,6 +70,7 @@ class PopulationMetrics:
         self.checkpoint_seconds = Histogram("pbt_checkpoint_seconds", "Time to save and persist one checkpoint.", buckets=CHECKPOINT_BUCKETS, registry=r)
         self.checkpoint_bytes = Counter("pbt_checkpoint_bytes", "Bytes of checkpoints saved.", registry=r)
         self.iteration_seconds = Histogram("pbt_iteration_seconds", "Duration of one training iteration.", ["trial"], buckets=ITERATION_BUCKETS, registry=r)
+        self.exploit_seconds = Histogram("pbt_exploit_seconds", "Time from an exploit decision to the recipient's next result.", buckets=EXPLOIT_BUCKETS, registry=r)
         self._metric_values: dict[str, float] = {}
         self._counted: dict[tuple[str, str], float] = {}
         for state in TRIAL_STATES:
@@ -107,6 +110,9 @@ class PopulationMetrics:
     def observe_checkpoint(self, seconds: float, size_bytes: int) -> None:
         self.checkpoint_seconds.observe(seconds)
         self.checkpoint_bytes.inc(size_bytes)
+
+    def observe_exploit(self, seconds: float) -> None:
+        self.exploit_seconds.observe(seconds)
 
     def _advance(self, counter: Counter, key: tuple[str, str], total: float) -> None:
         """Bring a counter up to a total kept elsewhere (lineage, ledgers); counters never go down."""

@@ -6,8 +6,11 @@ import json
 import re
 import socket
 import threading
+import time
 import urllib.request
 from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.fs
 import pytest
@@ -28,6 +31,7 @@ EXPORTED = {
     "pbt_trial_env_steps_per_second", "pbt_trial_agent_steps_per_second", "pbt_env_steps", "pbt_trial_iteration",
     "pbt_trial_metric", "pbt_trial_policy_return", "pbt_best_metric", "pbt_trials", "pbt_exploits",
     "pbt_trial_hyperparameter", "pbt_checkpoint_seconds", "pbt_checkpoint_bytes", "pbt_iteration_seconds",
+    "pbt_exploit_seconds",
 }
 
 
@@ -64,8 +68,9 @@ def test_a_real_run_is_visible_live_on_metrics(ray_start_2_cpus, tmp_path):
     holding a connection open all along (the exporter must not block on it).
 
     During the run every trial with a reported iteration samples at > 0 steps/s; at the end
-    every family is exported, the exploit counter equals lineage.jsonl's line count, and the
-    hyperparameter gauges, step counters and states equal the run's final record.
+    every family is exported, the exploit counter equals lineage.jsonl's line count, the
+    exploit timer counts each exploit its recipient reported after, and the hyperparameter
+    gauges, step counters and states equal the run's final record.
     """
     job = load_config(TINY, ["stop.training_iteration=8"])
     with metrics.serve(0, host="127.0.0.1") as server, socket.create_connection(("127.0.0.1", server.port)):
@@ -110,6 +115,10 @@ def test_a_real_run_is_visible_live_on_metrics(ray_start_2_cpus, tmp_path):
     assert value(final["pbt_checkpoint_bytes"], "pbt_checkpoint_bytes_total") > 0
     iteration_counts = by_label(final["pbt_iteration_seconds"], "pbt_iteration_seconds_count", "trial")
     assert set(iteration_counts) == set(trials) and sum(iteration_counts.values()) >= 8
+    followed = exploits_followed_by_a_result(run, parse_lineage("\n".join(lineage_lines)))
+    assert followed > 0, "the run exploited, and a recipient reported after its exploit"
+    assert value(final["pbt_exploit_seconds"], "pbt_exploit_seconds_count") == followed
+    assert value(final["pbt_exploit_seconds"], "pbt_exploit_seconds_sum") > 0
 
     # A new driver session (a resume) continues the counters from the stored totals.
     with metrics.serve(0, host="127.0.0.1") as resumed:
@@ -119,6 +128,56 @@ def test_a_real_run_is_visible_live_on_metrics(ray_start_2_cpus, tmp_path):
         final["pbt_env_steps"], "pbt_env_steps_total", "trial"
     )
     assert value(again["pbt_exploits"], "pbt_exploits_total") == len(parse_lineage("\n".join(lineage_lines)))
+
+
+def exploits_followed_by_a_result(run: Path, lineage: list[dict]) -> int:
+    """Exploits whose recipient reported a result after them, counted from the trials' `result.json`.
+
+    Tune's `timestamp` is whole seconds: the result an exploit was decided on has one no
+    later than the decision, and the recipient's next result, produced after a restore
+    and a whole iteration (seconds here), has a later one.
+    """
+    reported: dict[str, list[int]] = {}
+    for result_file in run.glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            result = json.loads(line)
+            reported.setdefault(result["trial_id"], []).append(result["timestamp"])
+    return sum(any(t > event["time"] for t in reported.get(event["recipient"], [])) for event in lineage)
+
+
+def test_exploits_are_timed_once_from_the_decision_to_the_recipients_next_result(tmp_path):
+    """Tune calls the scheduler, then the callbacks, once per result; a stub replays that order.
+
+    1. An exploit recorded before the driver session started (a resume) is never timed.
+    2. t0 reports and the scheduler exploits it: not timed yet, that result came before the decision.
+    3. t1 reports; then t0 reports: its exploit is timed once, from the decision to this result.
+    4. During t1's result the scheduler exploits t0 (a synchronous barrier): t0's next result ends it.
+    """
+    files = RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path))
+    (tmp_path / "lineage.jsonl").write_text(json.dumps({"recipient": "t0", "iteration": 1, "time": time.time() - 60}) + "\n")
+    t0, t1 = SimpleNamespace(trial_id="t0", config={}), SimpleNamespace(trial_id="t1", config={})
+    with metrics.serve(0, host="127.0.0.1") as server:
+        callback = LiveMetrics(files, "pbt_score", "max", [])
+        callback.setup()
+        registry = server.metrics.registry
+
+        def report(trial, exploit: bool = False) -> tuple[float, float]:
+            """One result of `trial` (after the scheduler exploits t0 on it); the histogram's count and sum."""
+            if exploit:
+                files.record({"recipient": "t0", "iteration": 2, "time": time.time()})
+            callback.on_trial_result(0, [t0, t1], trial, {"training_iteration": 2, "pbt_score": 1.0})
+            return registry.get_sample_value("pbt_exploit_seconds_count"), registry.get_sample_value("pbt_exploit_seconds_sum")
+
+        assert report(t0) == (0, 0), "the resumed run's exploit is not timed"
+        decided = time.time()
+        assert report(t0, exploit=True)[0] == 0
+        assert report(t1)[0] == 0
+        time.sleep(0.05)
+        count, total = report(t0)
+        assert count == 1 and 0.05 <= total <= time.time() - decided
+        assert report(t0) == (count, total), "each exploit is timed once"
+        assert report(t1, exploit=True)[0] == 1
+        assert report(t0)[0] == 2
 
 
 def test_without_an_exporter_the_callback_does_nothing(tmp_path):

@@ -142,6 +142,8 @@ def test_a_run_without_results_gets_tables_and_says_so(tmp_path, caplog):
     assert sorted(p.name for p in (run / "report").iterdir()) == ["report.json", "report.md"]
     numbers = json.loads((run / "report" / "report.json").read_text())
     assert numbers["pictures"] == [] and numbers["finished"] is False and numbers["best_trial"] is None
+    assert numbers["training_share"] is None, "no wall time yet"
+    assert "| Share of wall time spent training | n/a |" in (run / "report" / "report.md").read_text()
     assert any("No trial has reported a result yet" in message for message in caplog.messages)
     assert "No trial has reported a result yet" in (run / "report" / "report.md").read_text()
 
@@ -188,6 +190,13 @@ def assert_report_folder(folder: Path, run_uri: str) -> dict:
     return json.loads((folder / "report.json").read_text())
 
 
+def training_share_of(run: Path, wall_time_s: float) -> float:
+    """Every result line's `time_this_iter_s` over (trials x wall time), from the trials' own result.json."""
+    files = list(run.glob("*/result.json"))
+    seconds = sum(json.loads(line)["time_this_iter_s"] for f in files for line in f.read_text().splitlines() if line.strip())
+    return seconds / (len(files) * wall_time_s)
+
+
 def assert_agrees_with_run_files(numbers: dict, summary: dict, lineage: list[dict]) -> None:
     assert numbers["finished"] is True
     for key in SUMMARY_KEYS:
@@ -217,6 +226,9 @@ def test_report_of_a_real_local_run(local_run, capsys):
     numbers = assert_report_folder(local_run / "report", str(local_run))
     summary = json.loads((local_run / "summary.json").read_text())
     assert_agrees_with_run_files(numbers, summary, parse_lineage((local_run / "lineage.jsonl").read_text()))
+    share = training_share_of(local_run, summary["wall_time_s"])
+    assert 0 < share <= 1 and numbers["training_share"] == pytest.approx(share, abs=1e-4)
+    assert f"| Share of wall time spent training | {numbers['training_share']:.1%} |" in (local_run / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -231,6 +243,8 @@ def test_report_of_a_run_still_training_reads_what_is_there(local_run, tmp_path)
         assert numbers[key] == summary[key], key
     assert numbers["best_metric"] == pytest.approx(summary["best_metric"])
     assert numbers["best_hyperparameters"] == pytest.approx(summary["best_hyperparameters"])
+    wall_time = json.loads((running / "pbt_state.jsonl").read_text())["wall_time_s"]
+    assert numbers["training_share"] == pytest.approx(training_share_of(running, wall_time), abs=1e-4)
 
 
 @pytest.mark.slow

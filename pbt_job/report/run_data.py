@@ -7,7 +7,7 @@ malformed line is skipped with a warning; only JSON is parsed, never Tune's pick
 Where the numbers come from:
 
 * `<trial folder>/result.json` (Tune, one line per iteration): iteration, time,
-  the PBT metric, per-policy returns, the mutated hyperparameters.
+  the iteration's duration, the PBT metric, per-policy returns, the mutated hyperparameters.
 * `lineage.jsonl`: the exploits; `summary.json`: the final numbers of a finished
   run; `pbt_state.jsonl`: env steps and wall time of a run still training.
 """
@@ -48,6 +48,7 @@ class Result:
     Attributes:
         iteration: Tune's `training_iteration` (a clone gives the recipient the donor's count).
         time: When it was reported (seconds since the epoch).
+        seconds: How long the iteration trained (`time_this_iter_s`; 0 when missing).
         metric: The PBT metric, None when missing or not finite.
         returns: Mean episode return per policy; policies without a finished episode are left out.
         hyperparameters: The mutated hyperparameters it trained with (YAML names).
@@ -55,6 +56,7 @@ class Result:
 
     iteration: int
     time: float
+    seconds: float
     metric: float | None
     returns: dict[str, float]
     hyperparameters: dict[str, float]
@@ -206,9 +208,11 @@ def parse_results(text: str, source: str, metric: str, mutations: list[str]) -> 
         values = {name: config.get(tune_key(name)) for name in mutations}
         hyperparameters = {name: value for name, value in values.items() if _finite(value)}
         value = metric_value(result, metric)
+        seconds = result.get("time_this_iter_s")
         parsed.append((trial_id, Result(
             iteration=iteration,
             time=float(timestamp),
+            seconds=float(seconds) if _finite(seconds) else 0.0,
             metric=value if _finite(value) else None,
             returns=_returns(result),
             hyperparameters=hyperparameters,

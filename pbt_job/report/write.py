@@ -100,7 +100,29 @@ def report_numbers(run: RunData, chain: list[Segment], pictures: list[str], note
     }
     if run.summary is not None:
         numbers.update({key: run.summary.get(key) for key in SUMMARY_KEYS})
+    numbers["training_share"] = training_share(run, numbers["wall_time_s"])
     return numbers
+
+
+def training_share(run: RunData, wall_time_s: float | None) -> float | None:
+    """Share of the population's wall time spent in training iterations.
+
+    The sum of every result's `time_this_iter_s` over (trials x wall time). Every
+    result line counts, those a later clone threw away too: the trial spent that
+    time training. The rest went to starting, restoring, exploiting and waiting
+    for resources.
+
+    Args:
+        run: The run's results; its trials are every trial its files name.
+        wall_time_s: The run's wall time over all driver sessions.
+
+    Returns:
+        The share, rounded to 4 digits; None without a wall time.
+    """
+    if not isinstance(wall_time_s, (int, float)) or wall_time_s <= 0 or not run.trials:
+        return None
+    training = sum(result.seconds for results in run.results.values() for result in results)
+    return round(training / (len(run.trials) * wall_time_s), 4)
 
 
 def _running_numbers(run: RunData, best: str | None) -> dict[str, Any]:
@@ -143,6 +165,7 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         f"| Env steps | {_number(numbers['env_steps_total'])} |",
         f"| Wall time | {_number(numbers['wall_time_s'])} s |",
         f"| Env steps/s | {_number(numbers['env_steps_per_s'])} |",
+        f"| Share of wall time spent training | {_share(numbers['training_share'])} |",
         f"| Best trial's ancestry | {_ancestry(numbers['best_ancestry'])} |",
         "",
     ]
@@ -177,6 +200,10 @@ def _number(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:,.4g}" if isinstance(value, float) else str(value)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _hyperparameters(values: dict[str, Any]) -> str:

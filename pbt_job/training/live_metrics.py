@@ -10,6 +10,7 @@ the scheduler first, then callbacks in list order).
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from ray import tune
@@ -20,8 +21,36 @@ from pbt_job.training.result_keys import metric_value, yaml_name
 from pbt_job.training.run_files import RunFiles
 
 
+class ExploitTimer:
+    """Times each exploit of one driver session from its decision to the recipient's next result.
+
+    When did a result arrive? Its `timestamp` is whole seconds, too coarse for iterations
+    shorter than a second. Tune handles one result at a time, the scheduler before the
+    callbacks, so the arrival is bounded by the previous `on_trial_result` call instead:
+    an exploit decided before that call was decided before this result arrived (this
+    result is the recipient's next one); one decided after it was decided on this very
+    result (the recipient's next result ends it). Each exploit thus falls in exactly one
+    window of its recipient; exploits decided before the session started fall in none.
+
+    Args:
+        start: When this driver session started (epoch seconds).
+    """
+
+    def __init__(self, start: float):
+        self._start = start
+        self._previous = start
+        self._timed_until: dict[str, float] = {}
+
+    def durations(self, trial_id: str, lineage: list[dict[str, Any]], now: float) -> list[float]:
+        """For a result of `trial_id` handled at `now`: the seconds since each exploit of the trial it ends."""
+        since, until = self._timed_until.get(trial_id, self._start), self._previous
+        self._timed_until[trial_id], self._previous = until, now
+        times = (event.get("time") for event in lineage if event.get("recipient") == trial_id)
+        return [now - t for t in times if isinstance(t, (int, float)) and since <= t < until]
+
+
 class LiveMetrics(tune.Callback):
-    """Publishes each trial result, trial states and the exploit count to the active exporter.
+    """Publishes each trial result, trial states, the exploit count and exploit times to the active exporter.
 
     Args:
         run_files: The run's files (ledgers for env-step totals, lineage for exploits).
@@ -35,9 +64,11 @@ class LiveMetrics(tune.Callback):
         self.metric = metric
         self.best_is_max = mode == "max"
         self.mutated = mutated
+        self._exploit_timer = ExploitTimer(time.time())
 
     def setup(self, **info: Any) -> None:
-        """On start and on resume: counters continue from the stored totals."""
+        """On start and on resume: counters continue from the stored totals; exploits are timed from now on."""
+        self._exploit_timer = ExploitTimer(time.time())
         exporter = metrics.active()
         if exporter is None:
             return
@@ -75,7 +106,10 @@ class LiveMetrics(tune.Callback):
         )
         for seconds, size_bytes in result.get(CHECKPOINTS_KEY, []):
             exporter.observe_checkpoint(seconds, int(size_bytes))
-        exporter.set_exploits_total(len(self.run_files.lineage()))
+        lineage = self.run_files.lineage()
+        for seconds in self._exploit_timer.durations(trial.trial_id, lineage, time.time()):
+            exporter.observe_exploit(seconds)
+        exporter.set_exploits_total(len(lineage))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Final states, exploit count and every trial's config (an exploit may follow its last result)."""
