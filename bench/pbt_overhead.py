@@ -1,19 +1,24 @@
-"""Cost of PBT: the same population under LineagePBT and under FIFO, and one exploit through S3.
+"""Cost of PBT: the same population with an exploit round every 2 iterations and without perturbation.
 
-Measured in one process, one after the other, on one `ray.init(num_cpus=2)`:
+Measured in one process, one run after the other, on one `ray.init(num_cpus=2)`,
+all through `pbt_job.training.run.train` (the job a user runs):
 
-1. Overhead: the reference game and model (batch sizes fixed so both modes do equal
-   work per iteration), `--population` trials for `--iterations` iterations,
-   checkpoints every iteration, `num_to_keep` 2; once with Tune's default FIFO
-   scheduler, once with `pbt_job.training.run.train` (LineagePBT). Figures: sampled
-   env steps, wall time, env steps/s per mode, overhead = 1 - PBT/FIFO, exploits.
-2. Exploit cost: a donor PBTPPO at the default model size saves its checkpoint and
-   uploads it to an S3 server (moto on 127.0.0.1); a recipient downloads and loads
-   it. Mean/min/max seconds over `--exploits` rounds.
+1. `configs/quick.yaml` (3 trials on 2 cores, checkpoints every iteration,
+   `num_to_keep` 2), each trial stopped after `--seconds` of its own training time,
+   perturbation interval `--interval` (an exploit round every 2 iterations, one
+   recipient per round): env steps/s of the population, exploits.
+2. The same, with a perturbation interval no trial reaches: no exploit.
+   Overhead = 1 - (1) / (2); target <= 5%.
+3. Run 1 again on an S3 server (moto on 127.0.0.1).
 
-Prints one JSON line. Reference figures (plain Ray Tune PBT, issue author): 262
-env-steps/s under PBT against 343 under FIFO (24% overhead); targets: overhead
-<= 5%, exploit <= 2 s.
+Per exploit (runs 1 and 3): the recipient's gap, from the exploit decision
+(`lineage.jsonl`'s time) to the end of its next iteration (`iteration_ended_at`
+of its first result after it), minus that iteration's own time: what an exploit
+costs beyond training. Targets: <= 1 s on local storage, <= 2 s through S3.
+Also: each run's share of trial time spent training (sum of iteration times /
+trials x wall time).
+
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = {"pbt_env_steps_per_s": 262, "fifo_env_steps_per_s": 343, "overhead": 0.236,
-             "target_overhead_max": 0.05, "target_exploit_s_max": 2.0}
+TARGETS = {"overhead_max": 0.05, "exploit_gap_local_s_max": 1.0, "exploit_gap_s3_s_max": 2.0}
+NEVER = 10**6
+"""A perturbation interval no trial reaches."""
 
 
 def machine() -> dict:
@@ -45,79 +51,54 @@ def machine() -> dict:
             "torch": torch.__version__, "commit": commit.stdout.strip()}
 
 
-def bench_job(args: argparse.Namespace):
-    """The reference game and model; only lr, clip and entropy mutate, so both modes do equal work."""
-    import yaml
-
-    from pbt_job.training.config import JobConfig
-
-    data = yaml.safe_load((REPO / "configs" / "reference.yaml").read_text())
-    data.update(name="bench", metrics_port=0, stop={"training_iteration": args.iterations})
-    data["ppo"] = {"train_batch_size_per_learner": args.train_batch, "minibatch_size": args.minibatch,
-                   "num_epochs": args.epochs}
-    data["resources"] = {"num_cpus_per_trial": 1}
-    data["pbt"].update(population=args.population, perturbation_interval=args.interval, quantile_fraction=0.5)
-    data["pbt"]["mutations"] = {
-        "lr": {"type": "choice", "values": [1e-3, 5e-4, 1e-4]},
-        "clip_param": {"type": "uniform", "low": 0.1, "high": 0.3},
-        "entropy_coeff": {"type": "choice", "values": [0.0, 1e-3, 5e-3]},
-    }
-    return JobConfig.model_validate(data)
-
-
-def run_fifo(job, storage: Path) -> dict:
-    from ray import tune
-
-    from pbt_job.training.algorithm import PBTPPO
-    from pbt_job.training.run import param_space
-
-    tuner = tune.Tuner(
-        PBTPPO,
-        param_space=param_space(job),
-        tune_config=tune.TuneConfig(num_samples=job.pbt.population),
-        run_config=tune.RunConfig(
-            name="fifo", storage_path=str(storage), stop={"training_iteration": job.stop.training_iteration},
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True),
-            verbose=0,
-        ),
-    )
-    started = time.perf_counter()
-    results = tuner.fit()
-    wall = time.perf_counter() - started
-    steps = _steps_from_results(storage / "fifo")
-    return {"env_steps": steps, "wall_s": round(wall, 1), "env_steps_per_s": round(steps / wall, 2), "errors": len(results.errors)}
-
-
-def _steps_from_results(run: Path) -> int:
-    """Env steps sampled by every trial, from Tune's result files."""
-    steps = 0
-    for result_file in run.glob("*/result.json"):
-        for line in result_file.read_text().splitlines():
-            steps += int(json.loads(line)["env_runners"]["num_env_steps_sampled"])
-    return steps
-
-
-def run_pbt(job, storage: Path) -> dict:
-    from pbt_job.storage import parse_storage_uri
-    from pbt_job.training.run import train
-
-    started = time.perf_counter()
-    outcome = train(job, parse_storage_uri(str(storage)), "pbt", resume="never")
-    wall = time.perf_counter() - started
-    steps = outcome.summary["env_steps_total"]
-    return {"env_steps": steps, "wall_s": round(wall, 1), "env_steps_per_s": round(steps / wall, 2),
-            "exploits": outcome.summary["exploits"], "skipped_exploits": outcome.summary["skipped_exploits"],
-            "errors": outcome.errors}
-
-
-def bench_exploit(rounds: int, tmp: Path) -> dict:
-    import boto3
+def run(name: str, storage: str, seconds: float, interval: int) -> dict:
+    """One `train` of quick.yaml stopped by per-trial training time; throughput and exploit gaps from the run folder."""
     import pyarrow.fs
-    from moto.server import ThreadedMotoServer
 
-    from pbt_job.storage import filesystem, parse_storage_uri
-    from pbt_job.training.algorithm import PBTPPO, build_ppo_config
+    from pbt_job.storage import filesystem, parse_storage_uri, read_text
+    from pbt_job.training.algorithm import ENDED_AT_KEY
     from pbt_job.training.config import load_config
+    from pbt_job.training.run import train
+    from pbt_job.training.run_files import parse_lineage
+
+    job = load_config(REPO / "configs" / "quick.yaml", [
+        "metrics_port=0", f"pbt.perturbation_interval={interval}", "stop.training_iteration=null",
+        f"stop.time_total_s={seconds}",
+    ])
+    location = parse_storage_uri(storage)
+    started = time.perf_counter()
+    outcome = train(job, location, name, resume="never")
+    wall = time.perf_counter() - started
+    fs = filesystem(location)
+    run_path = location.join(name)
+    results: dict[str, list[dict]] = {}
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(run_path)):
+        text = read_text(fs, f"{info.path}/result.json") if info.base_name.startswith("PBTPPO_") else None
+        if text:
+            lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+            results[lines[0]["trial_id"]] = lines
+    gaps = []
+    for event in parse_lineage(read_text(fs, f"{run_path}/lineage.jsonl") or ""):
+        after = [r for r in results.get(event["recipient"], []) if r[ENDED_AT_KEY] > event["time"]]
+        if after:
+            first = min(after, key=lambda r: r[ENDED_AT_KEY])
+            gaps.append(first[ENDED_AT_KEY] - event["time"] - first["time_this_iter_s"])
+    trained = sum(r["time_this_iter_s"] for lines in results.values() for r in lines)
+    steps = outcome.summary["env_steps_total"]
+    return {
+        "env_steps": steps, "wall_s": round(wall, 1), "env_steps_per_s": round(steps / wall, 2),
+        "exploits": outcome.summary["exploits"], "skipped_exploits": outcome.summary["skipped_exploits"],
+        "errors": outcome.errors, "actors": len({r["pid"] for lines in results.values() for r in lines}),
+        "training_share": round(trained / (len(results) * wall), 3),
+        "exploit_gap_s": _spread(gaps) if gaps else None,
+    }
+
+
+@contextlib.contextmanager
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with a bucket; the AWS variables point at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -127,64 +108,39 @@ def bench_exploit(rounds: int, tmp: Path) -> dict:
     os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
                       AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     boto3.client("s3").create_bucket(Bucket="pbt-bench")
-    location = parse_storage_uri("s3://pbt-bench/exploits")
-    s3, local = filesystem(location), pyarrow.fs.LocalFileSystem()
-    # Default game and model (they set the checkpoint size); a small warm-up batch only creates optimizer state.
-    job = load_config(REPO / "configs" / "reference.yaml", ["ppo.train_batch_size_per_learner=128", "ppo.num_epochs=1",
-                                                           "ppo.minibatch_size=64"])
-    donor, recipient = PBTPPO(config=build_ppo_config(job)), PBTPPO(config=build_ppo_config(job))
-    donor.train()
-    save, restore = [], []
-    for i in range(rounds):
-        src, dst, remote = tmp / f"donor_{i}", tmp / f"recipient_{i}", location.join(f"round_{i}")
-        t0 = time.perf_counter()
-        donor.save_to_path(str(src))
-        pyarrow.fs.copy_files(str(src), remote, source_filesystem=local, destination_filesystem=s3, use_threads=False)
-        t1 = time.perf_counter()
-        pyarrow.fs.copy_files(remote, str(dst), source_filesystem=s3, destination_filesystem=local, use_threads=False)
-        recipient.load_checkpoint(str(dst))
-        save.append(t1 - t0)
-        restore.append(time.perf_counter() - t1)
-    size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
-    donor.stop()
-    recipient.stop()
-    server.stop()
-    total = [a + b for a, b in zip(save, restore)]
-    return {"rounds": rounds, "checkpoint_bytes": size, "save_upload": _spread(save),
-            "download_load": _spread(restore), "total": _spread(total)}
+    try:
+        yield "s3://pbt-bench/runs"
+    finally:
+        server.stop()
 
 
 def _spread(seconds: list[float]) -> dict[str, float]:
-    return {"mean_s": round(sum(seconds) / len(seconds), 3), "min_s": round(min(seconds), 3), "max_s": round(max(seconds), 3)}
+    return {"n": len(seconds), "mean_s": round(sum(seconds) / len(seconds), 3), "min_s": round(min(seconds), 3),
+            "max_s": round(max(seconds), 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--population", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=60, help="training time per trial")
     parser.add_argument("--interval", type=int, default=2)
-    parser.add_argument("--train-batch", type=int, default=512)
-    parser.add_argument("--minibatch", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--exploits", type=int, default=5)
     args = parser.parse_args()
 
-    import ray
+    with s3_server() as s3_storage:  # started before Ray so that trial processes inherit the variables
+        import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    job = bench_job(args)
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # Tune prints tables
-        fifo = run_fifo(job, Path(tmp))
-        pbt = run_pbt(job, Path(tmp))
-        exploit = bench_exploit(args.exploits, Path(tmp))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # Tune prints tables
+            pbt = run("pbt", tmp, args.seconds, args.interval)
+            plain = run("plain", tmp, args.seconds, NEVER)
+            pbt_s3 = run("pbt", s3_storage, args.seconds, args.interval)
     figures = {
         "benchmark": "pbt_overhead",
-        "settings": vars(args),
-        "fifo": fifo,
+        "settings": {**vars(args), "config": "configs/quick.yaml"},
         "pbt": pbt,
-        "overhead": round(1 - pbt["env_steps_per_s"] / fifo["env_steps_per_s"], 4),
-        "exploit_s3": exploit,
-        "reference": REFERENCE,
+        "no_perturbation": plain,
+        "pbt_s3": pbt_s3,
+        "overhead": round(1 - pbt["env_steps_per_s"] / plain["env_steps_per_s"], 4),
+        "targets": TARGETS,
         "machine": machine(),
     }
     print(json.dumps(figures))

@@ -86,7 +86,7 @@ CONFIG_CASES = {
         "ppo: {train_batch_size_per_learner: 1024, minibatch_size: 256}\n", [],
         ["train_batch_size_per_learner", "2 x minibatch_size"]),
     "unknown-mutation": ("pbt: {mutations: {momentum: {type: uniform, low: 0.1, high: 0.2}}}\n", [],
-                         ["pbt.mutations.momentum:", "not a mutable"]),
+                         ["pbt.mutations.momentum:", "cannot change in place"]),
     "set-unknown-key": ("{}\n", ["--set", "pbt.populaton=3"], ["pbt.populaton", "no such key"]),
     "set-malformed": ("{}\n", ["--set", "population"], ["KEY=VALUE"]),
     "set-bad-value": ("{}\n", ["--set", "env.max_steps=-3"], ["env.max_steps"]),

@@ -124,3 +124,16 @@ def test_exploit_from_a_donor_whose_checkpoint_vanished_is_skipped_not_fatal(sch
     assert [(e["event"], e["recipient"]) for e in events] == [("skip", "recipient")]
     assert "no checkpoint left" in events[0]["reason"]
     assert recipient.config == {}, "the recipient keeps its config"
+
+
+def test_a_trial_is_not_paused_for_a_recipient_that_only_waits_for_its_restart(scheduler):
+    """Tune's PBT pauses a trial at its perturbation point while any trial waits (to share a
+    cluster too small for the population). A recipient restarting on its own actor waits for
+    no share: pausing another trial for it would only stall that trial."""
+    recipient, running = stub_trial("recipient"), stub_trial("running")
+    recipient.status = "PAUSED"
+    scheduler._restarting.add("recipient")
+    assert scheduler._only_recipients_wait(SimpleNamespace(get_trials=lambda: [recipient, running]))
+    never_started = stub_trial("never_started")
+    never_started.status = "PENDING"
+    assert not scheduler._only_recipients_wait(SimpleNamespace(get_trials=lambda: [recipient, running, never_started]))

@@ -1,12 +1,20 @@
-"""RLlib PPO set up for the game, and `PBTPPO`: PPO as a safe member of a PBT population.
+"""RLlib PPO set up for the game, and `PBTPPO`: PPO as a safe, reusable member of a PBT population.
 
-`PBTPPO` differs from PPO in three ways, each for a PBT reason:
+`PBTPPO` differs from PPO in these ways, each for a PBT reason:
 
+* Exploits happen in place (`reset_config`, for Tune's `reuse_actors=True`): the
+  recipient's live actor takes the explored hyperparameters, remote env runners
+  included, and Tune then loads the donor's checkpoint into it. No new Ray actor
+  is started (6-14 s each on 2 cores, and the restart's CPU load stalled the other
+  trials). RLlib has no `reset_config` (ray-project/ray#38136, #44506); only the
+  keys in `IN_PLACE_KEYS` may differ, anything else refuses the reuse.
 * After loading a checkpoint it re-applies its own config's learning rate, entropy
   and KL coefficients to every learner. Loading the donor's checkpoint restores the
   donor's optimizer state, param_groups' lr included, and RLlib only resets the lr
   after the next full update: the recipient's first iteration would train with the
   donor's lr (ray-project/ray#62173; related #54755, #53831).
+* A reused actor that starts a new trial without a checkpoint (a population larger
+  than the cluster runs at once) first returns to the state it had after `setup`.
 * Each result carries `pbt_score` (see `score.py`), defined from the first iteration.
 * Each result carries env and agent steps per second, and the duration and size
   of the checkpoints saved since the previous result (Tune saves between results;
@@ -24,16 +32,20 @@ import logging
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
-from ray.rllib.utils.schedules.scheduler import Scheduler
 
 from pbt_job.storage import retry_storage
-from pbt_job.training.config import SCORE_KEY, JobConfig
+from pbt_job.training.config import MUTABLE, SCORE_KEY, JobConfig
+from pbt_job.training.ray_compat import learner_connector, reset_optimizer_lr
+from pbt_job.training.result_keys import tune_key
 from pbt_job.training.model import module_spec
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
@@ -43,6 +55,8 @@ logger = logging.getLogger(__name__)
 RESTORED_KEY = "restored_hyperparameters"
 ENV_STEPS_PER_S_KEY = "env_steps_per_s"
 AGENT_STEPS_PER_S_KEY = "agent_steps_per_s"
+ENDED_AT_KEY = "iteration_ended_at"
+"""Epoch seconds (float) when the iteration ended: Tune's `timestamp` is whole seconds."""
 CHECKPOINTS_KEY = "checkpoints_saved"
 """Per checkpoint saved since the previous result: `[seconds to save and persist, bytes]`."""
 
@@ -106,22 +120,33 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def reapply_config_hyperparameters(learner: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
-    """Make a learner train with its own config after a state load; runs on each learner.
+IN_PLACE_KEYS = frozenset(tune_key(name) for name in MUTABLE)
+"""Config keys (Tune's names) a live trial can change: what PBT may mutate."""
+
+
+def apply_learner_config(learner: Any, config: AlgorithmConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Make a learner train with `config` (default: its own) now; runs on each learner.
+
+    Called after every state load (whose optimizer state carries the donor's lr) and
+    on an in-place config change. The lr schedule, entropy and KL coefficients are
+    rebuilt from the config, and GAE's gamma and lambda set; num_epochs, minibatch
+    and batch sizes are read from the algorithm's config at each iteration.
 
     Returns:
         Per module: the optimizer lr, entropy coefficient and clip parameter now in
         force, and the digest of the loaded weights.
     """
+    if config is not None:
+        learner.config = config.copy(copy_frozen=False)
+        for piece in learner_connector(learner) or []:
+            if isinstance(piece, GeneralAdvantageEstimation):
+                piece.gamma, piece.lambda_ = learner.config.gamma, learner.config.lambda_
     applied = {}
     for module_id in list(learner.module.keys()):
         module_config = learner.config.get_config_for_module(module_id)
         lr = None
         for _, optimizer in learner.get_optimizers_for_module(module_id):
-            schedule = Scheduler(fixed_value_or_schedule=module_config.lr, framework="torch", device=learner._device)
-            learner._optimizer_lr_schedules[optimizer] = schedule
-            learner._set_optimizer_lr(optimizer, schedule.get_current_value())
-            lr = float(learner._get_optimizer_lr(optimizer))
+            lr = reset_optimizer_lr(learner, optimizer, module_config.lr)
         for schedules in ("entropy_coeff_schedulers_per_module", "curr_kl_coeffs_per_module"):
             getattr(learner, schedules).pop(module_id, None)  # rebuilt from the config on next access
         entropy = learner.entropy_coeff_schedulers_per_module[module_id].get_current_value()
@@ -134,8 +159,27 @@ def reapply_config_hyperparameters(learner: Any, **kwargs: Any) -> dict[str, dic
     return applied
 
 
+def _apply_env_runner_config(env_runner: Any, config: AlgorithmConfig) -> None:
+    """New config (batch sizes set the rollout length) and new games: episodes begun under the old weights end here."""
+    env_runner.config = config.copy(copy_frozen=False)
+    if env_runner.env is not None:  # the local runner of a trial with remote runners has no games
+        env_runner.make_env()
+
+
+def _plain_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config without Tune's own `__...__` keys (trial info, log files)."""
+    return {key: value for key, value in config.items() if not key.startswith("__")}
+
+
 class PBTPPO(PPO):
-    """PPO whose restores keep the trial's own hyperparameters and whose results carry `pbt_score`."""
+    """PPO whose exploits happen in place, whose restores keep the trial's own hyperparameters
+    and whose results carry `pbt_score`."""
+
+    def __init__(self, config: Any = None, **kwargs: Any):
+        # Tune's config dict as given: what a reuse compares (the AlgorithmConfig built from
+        # it gains values resolved at setup, such as `simple_optimizer`).
+        self._tune_config = _plain_keys(config) if isinstance(config, dict) else {}
+        super().__init__(config=config, **kwargs)
 
     def setup(self, config: Any) -> None:
         super().setup(config)
@@ -143,6 +187,38 @@ class PBTPPO(PPO):
         self._hyperparameters_after_restore: dict[str, Any] | None = None
         self._checkpoints_saved: list[list[float]] = []
         self._last_checkpoint_bytes = 0
+        self._config_in_force: AlgorithmConfig = self.config
+        self._state_after_setup = self.get_state()
+        self._starts_without_checkpoint = False
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """Take `new_config` in place; False (Tune then stops the trial) if a key outside `IN_PLACE_KEYS` differs.
+
+        Tune calls this on a reused actor, then `restore` when the trial has a
+        checkpoint (an exploit, or a paused trial resuming), else `train`.
+        """
+        new_config = _plain_keys(new_config)
+        before = self._tune_config
+        fixed = sorted(
+            key for key in before.keys() | new_config.keys()
+            if key not in IN_PLACE_KEYS and before.get(key) != new_config.get(key)
+        )
+        self.config = self._config_in_force
+        if fixed:
+            logger.error("[reuse] cannot change %s in a live trial; the trial needs a new actor", ", ".join(fixed))
+            return False
+        config = self._config_in_force.copy(copy_frozen=False)
+        config.update_from_dict({key: new_config[key] for key in IN_PLACE_KEYS if key in new_config})
+        config.freeze()
+        self.config = self._config_in_force = config
+        self._tune_config = new_config
+        for call in self.learner_group.foreach_learner(apply_learner_config, config=config):
+            call.get()  # raises what the learner raised
+        self.env_runner_group.foreach_env_runner(partial(_apply_env_runner_config, config=config))
+        self._score = EpisodeReturnScore(max_steps=self._score.max_steps)
+        self._starts_without_checkpoint = True
+        logger.debug("[reuse] in force: %s", {key: new_config.get(key) for key in sorted(IN_PLACE_KEYS)})
+        return True
 
     def save_checkpoint(self, checkpoint_dir: str) -> Any:
         saved = super().save_checkpoint(checkpoint_dir)
@@ -163,11 +239,19 @@ class PBTPPO(PPO):
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         super().load_checkpoint(checkpoint_dir)
-        applied = [call.get() for call in self.learner_group.foreach_learner(reapply_config_hyperparameters)]
+        self._starts_without_checkpoint = False
+        self._reapply_config(f"loading {checkpoint_dir}")
+
+    def _reapply_config(self, after: str) -> None:
+        applied = [call.get() for call in self.learner_group.foreach_learner(apply_learner_config)]
         self._hyperparameters_after_restore = applied[0]
-        logger.debug("[restore] hyperparameters re-applied after loading %s: %s", checkpoint_dir, self._hyperparameters_after_restore)
+        logger.debug("[restore] hyperparameters re-applied after %s: %s", after, self._hyperparameters_after_restore)
 
     def step(self) -> dict[str, Any]:
+        if self._starts_without_checkpoint:
+            self._starts_without_checkpoint = False
+            self.set_state(self._state_after_setup)
+            self._reapply_config("a new trial took over this actor")
         started = time.perf_counter()
         result = super().step()
         seconds = time.perf_counter() - started
@@ -176,6 +260,7 @@ class PBTPPO(PPO):
         result[ENV_STEPS_PER_S_KEY] = env_runners.get("num_env_steps_sampled", 0) / seconds
         result[AGENT_STEPS_PER_S_KEY] = sum((env_runners.get("num_module_steps_sampled") or {}).values()) / seconds
         result[CHECKPOINTS_KEY], self._checkpoints_saved = self._checkpoints_saved, []
+        result[ENDED_AT_KEY] = time.time()
         if self._hyperparameters_after_restore is not None:
             result[RESTORED_KEY] = self._hyperparameters_after_restore
             self._hyperparameters_after_restore = None

@@ -69,7 +69,8 @@ class PPOSettings(_Frozen):
 
 MUTABLE = ("lr", "gamma", "lambda", "clip_param", "vf_loss_coeff", "entropy_coeff", "kl_coeff",
            "num_epochs", "minibatch_size", "train_batch_size_per_learner")
-"""PPO settings PBT may mutate (YAML names)."""
+"""PPO settings PBT may mutate (YAML names): those a live trial can change in place (see `PBTPPO.reset_config`).
+Model shape and runner counts are fixed at a trial's start."""
 
 INTEGER_SETTINGS = ("num_epochs", "minibatch_size", "train_batch_size_per_learner")
 
@@ -147,7 +148,10 @@ class PBTConfig(_Frozen):
             raise ValueError("mutations must name at least one hyperparameter, e.g. lr")
         for name, mutation in self.mutations.items():
             if name not in MUTABLE:
-                raise ValueError(f"mutations.{name}: not a mutable PPO setting; choose from {', '.join(MUTABLE)}")
+                raise ValueError(
+                    f"mutations.{name}: cannot change in place in a live trial (exploits reuse the trial's actor); "
+                    f"choose from {', '.join(MUTABLE)}"
+                )
             if name in INTEGER_SETTINGS and mutation.type in ("uniform", "loguniform"):
                 raise ValueError(f"mutations.{name}: an integer setting; use type choice or randint")
         if self.min_epochs > self.max_epochs:

@@ -23,6 +23,7 @@ from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
+from pbt_job.training.ray_compat import ProgressLog, ResultLog
 from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
 from pbt_job.training.result_keys import metric_value, yaml_name
@@ -136,7 +137,9 @@ def train(
         tuner = tune.Tuner(
             PBTPPO,
             param_space=param_space(job),
-            tune_config=tune.TuneConfig(scheduler=build_scheduler(job, run_files), num_samples=job.pbt.population),
+            tune_config=tune.TuneConfig(
+                scheduler=build_scheduler(job, run_files), num_samples=job.pbt.population, reuse_actors=True
+            ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage_path,
@@ -151,6 +154,8 @@ def train(
                 callbacks=[
                     RunRecorder(run_files, job.pbt.metric, mutated),
                     LiveMetrics(run_files, job.pbt.metric, job.pbt.mode, mutated),
+                    ResultLog(),
+                    ProgressLog(),
                 ],
                 progress_reporter=progress_reporter,
                 verbose=1,

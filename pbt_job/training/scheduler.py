@@ -18,6 +18,13 @@ Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into (PB2 inherit
 3. No lineage: every exploit writes one line to `lineage.jsonl`.
 4. `Tuner.restore` starts the scheduler afresh (ray-project/ray#30838): trial
    perturbation times are kept in `pbt_state.jsonl` and reloaded per trial.
+
+And one cost: an exploit restarted the recipient's Ray actor (6-14 s) and, while it
+waited, PBT paused every other trial reaching its perturbation point (Tune's PBT
+time-shares the cluster with waiting trials). Here the recipient is staged so
+that it restarts on its own actor (`PBTPPO.reset_config` takes the explored
+values in place), and a trial is not paused for a recipient that waits only for
+that restart.
 """
 
 from __future__ import annotations
@@ -28,13 +35,24 @@ import time
 from typing import Any
 
 import pyarrow.fs
-from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
-from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
 from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
+from pbt_job.training.ray_compat import (
+    PBTHooks,
+    checkpoint_exists,
+    delete_fs_path,
+    exists_at_fs_path,
+    is_pending_checkpoint,
+    pbt_mutated_keys,
+    pbt_score_sign,
+    pbt_trial_state,
+    save_experiment_state,
+    set_restore_checkpoint,
+    stage_for_restart,
+)
 from pbt_job.training.result_keys import yaml_name
 from pbt_job.training.run_files import RunFiles
 
@@ -43,15 +61,11 @@ logger = logging.getLogger(__name__)
 PIN_DIR = "pinned"
 
 
-def _exists(checkpoint: Any) -> bool:
-    return isinstance(checkpoint, Checkpoint) and _exists_at_fs_path(checkpoint.filesystem, checkpoint.path)
-
-
 def _pin_dir(trial: Trial) -> str:
     return f"{trial.storage.trial_fs_path}/{PIN_DIR}"
 
 
-class _Lineage:
+class _Lineage(PBTHooks):
     """Pinned donor checkpoints, lineage and resumable state for a PBT-family scheduler.
 
     Args:
@@ -63,45 +77,56 @@ class _Lineage:
         super().__init__(**kwargs)
         self.run_files = run_files
         self._pinned: dict[str, bool] = {}
+        self._restarting: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._release_pin_if_unneeded(tune_controller, trial)
-        return super().on_trial_result(tune_controller, trial, result)
+        self._restarting.discard(trial.trial_id)
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.PAUSE and self._only_recipients_wait(tune_controller):
+            return TrialScheduler.CONTINUE
+        return decision
+
+    def _only_recipients_wait(self, tune_controller) -> bool:
+        """PBT pauses a trial at its perturbation point while others wait, to share a cluster too
+        small for the population; a recipient restarting on its own actor waits for no share."""
+        waiting = {t.trial_id for t in tune_controller.get_trials() if t.status in (Trial.PENDING, Trial.PAUSED)}
+        return waiting <= self._restarting
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         ledger = self.run_files.ledgers().get(trial.trial_id)
         if ledger is not None:
-            state = self._trial_state[trial]
+            state = pbt_trial_state(self, trial)
             state.last_perturbation_time = ledger.last_perturbation_time
             state.last_train_time = ledger.last_train_time
 
-    def _checkpoint_or_exploit(self, trial: Trial, tune_controller, upper_quantile, lower_quantile) -> None:
-        if trial in lower_quantile:
-            donors = [donor for donor in upper_quantile if self._has_usable_checkpoint(donor)]
-            if not donors:
-                self._record_skip(trial, "no trial in the upper quantile has a checkpoint yet")
-            else:
-                upper_quantile = donors
-        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+    def usable_donors(self, trial: Trial, upper_quantile: list[Trial]) -> list[Trial]:
+        donors = [donor for donor in upper_quantile if self._has_usable_checkpoint(donor)]
+        if not donors:
+            self._record_skip(trial, "no trial in the upper quantile has a checkpoint yet")
+            return upper_quantile
+        return donors
+
+    def after_perturbation_point(self, trial: Trial) -> None:
         self._remember(trial)
 
     def _has_usable_checkpoint(self, donor: Trial) -> bool:
         """Point the donor's exploit checkpoint at one that exists; False if it has none."""
-        state = self._trial_state[donor]
-        if isinstance(state.last_checkpoint, _FutureTrainingResult) or _exists(state.last_checkpoint):
+        state = pbt_trial_state(self, donor)
+        if is_pending_checkpoint(state.last_checkpoint) or checkpoint_exists(state.last_checkpoint):
             return True
         latest = donor.run_metadata.checkpoint_manager.latest_checkpoint_result
-        if latest is None or not _exists(latest.checkpoint):
+        if latest is None or not checkpoint_exists(latest.checkpoint):
             return False
         logger.info("[exploit] donor %s: using its latest checkpoint %s", donor, latest.checkpoint.path)
         state.last_checkpoint, state.last_result = latest.checkpoint, latest.metrics
         return True
 
-    def _exploit(self, tune_controller, trial: Trial, trial_to_clone: Trial) -> None:
-        recipient_state, donor_state = self._trial_state[trial], self._trial_state[trial_to_clone]
+    def exploit(self, tune_controller, trial: Trial, trial_to_clone: Trial, clone) -> None:
+        recipient_state, donor_state = pbt_trial_state(self, trial), pbt_trial_state(self, trial_to_clone)
         iteration = int(recipient_state.last_result.get("training_iteration", 0))
-        if not _exists(donor_state.last_checkpoint) and not self._has_usable_checkpoint(trial_to_clone):
+        if not checkpoint_exists(donor_state.last_checkpoint) and not self._has_usable_checkpoint(trial_to_clone):
             self._record_skip(trial, f"donor {trial_to_clone.trial_id} has no checkpoint left on storage")
             return
         donor_checkpoint = donor_state.last_checkpoint
@@ -112,9 +137,11 @@ class _Lineage:
             self._record_skip(trial, f"copying donor {trial_to_clone.trial_id}'s checkpoint failed: {err}")
             return
         before = copy.deepcopy(trial.config)
-        super()._exploit(tune_controller, trial, trial_to_clone)
+        stage_for_restart(tune_controller, trial)
+        clone()
+        self._restarting.add(trial.trial_id)
         self._restore_from_pin(tune_controller, trial, pin_path)
-        mutated = list(self._hyperparam_mutations)
+        mutated = pbt_mutated_keys(self)
         self.run_files.record(
             {
                 "event": "exploit",
@@ -125,8 +152,8 @@ class _Lineage:
                 "donor_iteration": int(donor_state.last_result.get("training_iteration", 0)),
                 "donor_checkpoint": donor_checkpoint.path,
                 "pinned_checkpoint": pin_path,
-                "recipient_metric": self._metric_op * recipient_state.last_score,
-                "donor_metric": self._metric_op * donor_state.last_score,
+                "recipient_metric": pbt_score_sign(self) * recipient_state.last_score,
+                "donor_metric": pbt_score_sign(self) * donor_state.last_score,
                 "config_before": {yaml_name(k): before.get(k) for k in mutated},
                 "config_after": {yaml_name(k): trial.config.get(k) for k in mutated},
             }
@@ -137,8 +164,8 @@ class _Lineage:
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
         """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything)."""
         fs = trial.storage.storage_filesystem
-        if _exists_at_fs_path(fs, pin_path):
-            _delete_fs_path(fs, pin_path)
+        if exists_at_fs_path(fs, pin_path):
+            delete_fs_path(fs, pin_path)
         pyarrow.fs.copy_files(
             donor_checkpoint.path,
             pin_path,
@@ -149,10 +176,7 @@ class _Lineage:
 
     def _restore_from_pin(self, tune_controller, trial: Trial, pin_path: str) -> None:
         """Point the recipient's restore at its pinned copy and drop older pins."""
-        fs = trial.storage.storage_filesystem
-        manager = trial.run_metadata.checkpoint_manager
-        metrics = manager.latest_checkpoint_result.metrics
-        manager._latest_checkpoint_result = _TrainingResult(checkpoint=Checkpoint(pin_path, filesystem=fs), metrics=metrics)
+        set_restore_checkpoint(trial, Checkpoint(pin_path, filesystem=trial.storage.storage_filesystem))
         self._delete_pins(tune_controller, trial, keep=pin_path)
         self._pinned[trial.trial_id] = True
         logger.info("[exploit] %s restores from its pinned copy %s", trial, pin_path)
@@ -160,7 +184,7 @@ class _Lineage:
     def _release_pin_if_unneeded(self, tune_controller, trial: Trial) -> None:
         """Drop the trial's pin once its latest checkpoint is its own (checked once per trial after a restart)."""
         if trial.trial_id not in self._pinned:
-            self._pinned[trial.trial_id] = _exists_at_fs_path(trial.storage.storage_filesystem, _pin_dir(trial))
+            self._pinned[trial.trial_id] = exists_at_fs_path(trial.storage.storage_filesystem, _pin_dir(trial))
         latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
         if self._pinned[trial.trial_id] and latest is not None and f"/{PIN_DIR}/" not in latest.checkpoint.path:
             self._delete_pins(tune_controller, trial)
@@ -174,13 +198,13 @@ class _Lineage:
         stale = [info.path for info in fs.get_file_info(selector) if info.path.rstrip("/") != keep]
         if not stale:
             return
-        tune_controller.checkpoint(force=True, wait=True)
+        save_experiment_state(tune_controller)
         for path in stale:
-            _delete_fs_path(fs, path)
+            delete_fs_path(fs, path)
         logger.debug("[checkpoint] released pins of %s: %s", trial, stale)
 
     def _record_skip(self, trial: Trial, reason: str) -> None:
-        state = self._trial_state[trial]
+        state = pbt_trial_state(self, trial)
         logger.info("[exploit] skipped for %s: %s", trial, reason)
         self.run_files.record(
             {
@@ -193,7 +217,7 @@ class _Lineage:
         )
 
     def _remember(self, trial: Trial) -> None:
-        state = self._trial_state[trial]
+        state = pbt_trial_state(self, trial)
         ledger = self.run_files.ledger(trial.trial_id)
         ledger.last_perturbation_time = state.last_perturbation_time
         ledger.last_train_time = state.last_train_time

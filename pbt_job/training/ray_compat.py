@@ -1,0 +1,235 @@
+"""The one seam between pbt-job and Ray's private internals.
+
+Everything pbt-job needs from Ray Tune, Ray Train and RLlib that no public API
+offers lives here, one item per function or class, each with what it touches, why
+no public API does it, and the upstream issue. The rest of `pbt_job` calls these
+names only. `tests/test_ray_compat.py` checks every item against the installed Ray
+(the name exists, with the expected signature or attribute), so an upgrade fails
+there, naming the item, and not deep inside a training run.
+
+At import the installed Ray must be the version these items were verified with
+(`VERIFIED_RAY_VERSION`); set `PBT_JOB_ACCEPT_RAY_VERSION=<installed version>` to
+accept the risk of another one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
+from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
+from ray.tune import Checkpoint
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+from pbt_job.errors import BadInput
+
+VERIFIED_RAY_VERSION = "2.60.0"
+ACCEPT_VERSION_ENV = "PBT_JOB_ACCEPT_RAY_VERSION"
+
+
+class RayVersionError(BadInput):
+    """The installed Ray is not the version pbt-job's use of its internals was verified with."""
+
+
+def check_ray_version(installed: str, accepted: str | None) -> None:
+    """Refuse a Ray other than `VERIFIED_RAY_VERSION` unless `accepted` names the installed one.
+
+    Raises:
+        RayVersionError: one line naming both versions and the variable that accepts the risk.
+    """
+    if installed != VERIFIED_RAY_VERSION and accepted != installed:
+        raise RayVersionError(
+            f"ray {installed} is installed, but pbt-job's use of Ray internals was verified with ray "
+            f"{VERIFIED_RAY_VERSION}: install ray=={VERIFIED_RAY_VERSION}, or set {ACCEPT_VERSION_ENV}={installed} "
+            "to accept the risk (run tests/test_ray_compat.py first)"
+        )
+
+
+check_ray_version(ray.__version__, os.environ.get(ACCEPT_VERSION_ENV))
+
+
+# --- Ray Train storage helpers -------------------------------------------------------------
+
+
+def exists_at_fs_path(fs: Any, path: str) -> bool:
+    """`ray.train._internal.storage._exists_at_fs_path`: a file or folder exists on a pyarrow filesystem.
+
+    pyarrow's `get_file_info` answers "not found" for an S3 prefix without a folder
+    marker; Ray's helper also lists the prefix, which is what a checkpoint folder is.
+    """
+    return _exists_at_fs_path(fs, path)
+
+
+def delete_fs_path(fs: Any, path: str) -> None:
+    """`ray.train._internal.storage._delete_fs_path`: delete a folder (or file) on a pyarrow filesystem.
+
+    Deletes an S3 "folder" with or without a marker object, as Tune does for its own
+    checkpoints.
+    """
+    _delete_fs_path(fs, path)
+
+
+def checkpoint_exists(checkpoint: Any) -> bool:
+    """A Tune `Checkpoint` whose folder still exists on its storage."""
+    return isinstance(checkpoint, Checkpoint) and exists_at_fs_path(checkpoint.filesystem, checkpoint.path)
+
+
+def is_pending_checkpoint(checkpoint: Any) -> bool:
+    """`ray.train._internal.session._FutureTrainingResult`: a checkpoint Tune has asked for but not received.
+
+    PBT's trial state holds one while the donor's save is in flight; it resolves to a
+    real checkpoint before the recipient restores (Tune waits on it).
+    """
+    return isinstance(checkpoint, _FutureTrainingResult)
+
+
+# --- Ray Tune's PopulationBasedTraining ----------------------------------------------------
+
+
+class PBTHooks:
+    """Public hooks over `PopulationBasedTraining`'s private exploit steps (mix in before it).
+
+    Tune's PBT has no extension point around an exploit; pbt-job needs one to pin the
+    donor's checkpoint, to skip donors without one and to record the lineage. This
+    class overrides the two private methods and calls:
+
+    * `usable_donors(trial, upper_quantile)`: the donors a lower-quantile trial may
+      clone (before `_checkpoint_or_exploit` picks one at random);
+    * `after_perturbation_point(trial)`: after every `_checkpoint_or_exploit`;
+    * `exploit(tune_controller, trial, donor, clone)`: instead of `_exploit`; `clone()`
+      runs Tune's own exploit (pause, new config, restore from the donor).
+    """
+
+    def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile) -> None:
+        if trial in lower_quantile:
+            upper_quantile = self.usable_donors(trial, upper_quantile)
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+        self.after_perturbation_point(trial)
+
+    def _exploit(self, tune_controller, trial, trial_to_clone) -> None:
+        self.exploit(tune_controller, trial, trial_to_clone, lambda: super(PBTHooks, self)._exploit(tune_controller, trial, trial_to_clone))
+
+    def usable_donors(self, trial, upper_quantile: list) -> list:
+        return upper_quantile
+
+    def after_perturbation_point(self, trial) -> None:
+        pass
+
+    def exploit(self, tune_controller, trial, donor, clone: Callable[[], None]) -> None:
+        clone()
+
+
+def pbt_trial_state(scheduler: Any, trial: Any) -> Any:
+    """`PopulationBasedTraining._trial_state[trial]`: the scheduler's per-trial record.
+
+    Its fields `last_score`, `last_checkpoint`, `last_result`, `last_perturbation_time`,
+    `last_train_time` are what an exploit reads and what a resume must restore
+    (`Tuner.restore` starts the scheduler afresh: ray-project/ray#30838).
+    """
+    return scheduler._trial_state[trial]
+
+
+def pbt_mutated_keys(scheduler: Any) -> list[str]:
+    """`PopulationBasedTraining._hyperparam_mutations` (PB2: its bounds): the config keys PBT changes."""
+    return list(scheduler._hyperparam_mutations)
+
+
+def pbt_score_sign(scheduler: Any) -> float:
+    """`PopulationBasedTraining._metric_op`: +1 for mode max, -1 for min (scores are stored times it)."""
+    return scheduler._metric_op
+
+
+def set_restore_checkpoint(trial: Any, checkpoint: Checkpoint) -> None:
+    """Write `trial.run_metadata.checkpoint_manager._latest_checkpoint_result`: what the trial restores from.
+
+    Tune's PBT points a recipient at the donor's checkpoint by this same private write
+    (there is no public "restore from" on a trial); pbt-job points it at its pinned
+    copy instead, keeping the donor's metrics.
+    """
+    manager = trial.run_metadata.checkpoint_manager
+    metrics = manager.latest_checkpoint_result.metrics
+    manager._latest_checkpoint_result = _TrainingResult(checkpoint=checkpoint, metrics=metrics)
+
+
+def stage_for_restart(tune_controller: Any, trial: Any) -> None:
+    """Stage a trial PBT is about to pause for an exploit: `TuneController._staged_trials`, `_actor_cache`.
+
+    With `reuse_actors=True`, `TuneController._maybe_cache_trial_actor` keeps a paused
+    trial's actor only while some trial is staged; once the searcher has created the
+    whole population none is ("Not caching actor ... as the search is over"), so an
+    exploited trial lost its actor and waited for a new one (6-14 s, and the start's
+    CPU load stalled the others). Staging the recipient first, as the controller
+    itself does for a trial it chooses to run, makes the pause cache the actor and
+    the restart reuse it (`_maybe_reuse_cached_actor`, which unstages it). Tune offers
+    no public call for this; reuse across PBT pauses is ray-project/ray#38136, #44506.
+    """
+    tune_controller._staged_trials.add(trial)
+    tune_controller._actor_cache.increase_max(trial.placement_group_factory)
+
+
+def save_experiment_state(tune_controller: Any) -> None:
+    """`TuneController.checkpoint(force=True, wait=True)`: snapshot the experiment state and wait for it.
+
+    Schedulers receive the controller but no public way to make the snapshot
+    (what a resume restores from) current; deleting files the last snapshot
+    still references needs it.
+    """
+    tune_controller.checkpoint(force=True, wait=True)
+
+
+class _KeepLocalLog:
+    """Overrides `LoggerCallback._restore_from_remote`: a restart keeps the driver's own log.
+
+    Tune's JSON and CSV loggers copy `result.json` / `progress.csv` from storage over
+    the driver's local copy every time a trial with a checkpoint starts. Storage lags
+    the local file by up to one experiment snapshot, so each exploit (a restart) lost
+    the trial's latest result lines. The local file, when there is one, is the newer:
+    only a driver without one (a resume elsewhere) takes the stored copy.
+    """
+
+    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+        if not Path(trial.local_path, file_name).exists():
+            super()._restore_from_remote(file_name, trial)
+
+
+class ResultLog(_KeepLocalLog, JsonLoggerCallback):
+    """Tune's `result.json` logger, without losing lines at restarts (see `_KeepLocalLog`)."""
+
+
+class ProgressLog(_KeepLocalLog, CSVLoggerCallback):
+    """Tune's `progress.csv` logger, without losing lines at restarts (see `_KeepLocalLog`)."""
+
+
+# --- RLlib Learner -------------------------------------------------------------------------
+
+
+def reset_optimizer_lr(learner: Any, optimizer: Any, lr: Any) -> float:
+    """Make `optimizer` train with `lr` now: `Learner._optimizer_lr_schedules`, `_set_optimizer_lr`, `_get_optimizer_lr`.
+
+    Loading a checkpoint restores the donor's param_groups' lr, and RLlib resets it
+    from its scheduler only after the next update, so a recipient's first iteration
+    would train with the donor's lr (ray-project/ray#62173; #54755, #53831). The
+    Learner offers no public call to replace an optimizer's lr schedule.
+
+    Returns:
+        The lr the optimizer now holds.
+    """
+    from ray.rllib.utils.schedules.scheduler import Scheduler
+
+    schedule = Scheduler(fixed_value_or_schedule=lr, framework="torch", device=learner.device)
+    learner._optimizer_lr_schedules[optimizer] = schedule
+    learner._set_optimizer_lr(optimizer, schedule.get_current_value())
+    return float(learner._get_optimizer_lr(optimizer))
+
+
+def learner_connector(learner: Any) -> Any:
+    """`Learner._learner_connector`: the learner's connector pipeline (GAE is its last piece).
+
+    PPO builds `GeneralAdvantageEstimation(gamma, lambda_)` once, from the config of
+    the learner's start; a trial that changes gamma or lambda in place must change
+    the piece, and the Learner exposes its pipeline under no public name.
+    """
+    return learner._learner_connector

@@ -1,0 +1,148 @@
+"""Contracts of every Ray internal pbt-job uses (`pbt_job/training/ray_compat.py`).
+
+One test per item, named after it: on a Ray upgrade that moves or changes an
+internal, the failure names the item here instead of surfacing mid-run.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pyarrow.fs
+import pytest
+from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
+from ray.train._internal import session, storage
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pb2 import PB2
+from ray.tune.schedulers.pbt import _PBTTrialState
+
+from conftest import REPO
+from pbt_job.training import ray_compat
+from pbt_job.training.algorithm import PBTPPO
+from pbt_job.training.config import load_config
+from pbt_job.training.explore import pb2_bounds, pbt_mutations
+from pbt_job.training.run import param_space
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_version_check_refuses_another_ray_unless_accepted():
+    ray_compat.check_ray_version(ray_compat.VERIFIED_RAY_VERSION, None)
+    ray_compat.check_ray_version("2.61.0", "2.61.0")
+    with pytest.raises(ray_compat.RayVersionError) as refused:
+        ray_compat.check_ray_version("2.61.0", None)
+    message = str(refused.value)
+    assert "ray 2.61.0 is installed" in message and ray_compat.VERIFIED_RAY_VERSION in message
+    assert f"{ray_compat.ACCEPT_VERSION_ENV}=2.61.0" in message and "\n" not in message
+    with pytest.raises(ray_compat.RayVersionError):
+        ray_compat.check_ray_version("2.61.0", "2.62.0")  # accepting one version accepts only that one
+
+
+def test_exists_at_fs_path_and_delete_fs_path(tmp_path):
+    assert parameters(storage._exists_at_fs_path) == ["fs", "fs_path"]
+    assert parameters(storage._delete_fs_path) == ["fs", "fs_path"]
+    fs = pyarrow.fs.LocalFileSystem()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "a").write_text("x")
+    assert ray_compat.exists_at_fs_path(fs, str(tmp_path / "ckpt"))
+    ray_compat.delete_fs_path(fs, str(tmp_path / "ckpt"))
+    assert not ray_compat.exists_at_fs_path(fs, str(tmp_path / "ckpt"))
+
+
+def test_future_and_training_result():
+    assert parameters(session._TrainingResult) == ["checkpoint", "metrics"]
+    assert inspect.isclass(session._FutureTrainingResult)
+    assert ray_compat.is_pending_checkpoint(session._FutureTrainingResult.__new__(session._FutureTrainingResult))
+    assert not ray_compat.is_pending_checkpoint(None)
+
+
+@pytest.mark.parametrize("scheduler", [PopulationBasedTraining, PB2])
+def test_pbt_private_exploit_steps(scheduler):
+    """`PBTHooks` overrides these two with these exact parameters."""
+    assert parameters(scheduler._checkpoint_or_exploit) == ["self", "trial", "tune_controller", "upper_quantile", "lower_quantile"]
+    assert parameters(scheduler._exploit) == ["self", "tune_controller", "trial", "trial_to_clone"]
+
+
+def test_pbt_trial_state_mutations_and_metric_sign():
+    job = load_config(REPO / "configs" / "quick.yaml")
+    pbt = PopulationBasedTraining(metric="m", mode="min", hyperparam_mutations=pbt_mutations(job.pbt))
+    pb2 = PB2(metric="m", mode="max", hyperparam_bounds=pb2_bounds(job.pbt))
+    assert ray_compat.pbt_mutated_keys(pbt) == list(pbt_mutations(job.pbt))
+    assert ray_compat.pbt_mutated_keys(pb2) == list(pb2_bounds(job.pbt))
+    assert ray_compat.pbt_score_sign(pbt) == -1 and ray_compat.pbt_score_sign(pb2) == 1
+    state = _PBTTrialState(trial=type("Trial", (), {"experiment_tag": "0"})())
+    for field in ("last_score", "last_checkpoint", "last_result", "last_perturbation_time", "last_train_time"):
+        assert hasattr(state, field), field
+    pbt._trial_state["trial"] = state
+    assert ray_compat.pbt_trial_state(pbt, "trial") is state
+
+
+def test_restore_checkpoint_of_a_trial():
+    from ray.tune import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+
+    manager = _CheckpointManager(checkpoint_config=None)
+    manager._latest_checkpoint_result = session._TrainingResult(checkpoint=Checkpoint("/old"), metrics={"m": 1})
+    trial = type("Trial", (), {"run_metadata": type("Meta", (), {"checkpoint_manager": manager})()})()
+    ray_compat.set_restore_checkpoint(trial, Checkpoint("/pinned"))
+    assert manager.latest_checkpoint_result.checkpoint.path == "/pinned"
+    assert manager.latest_checkpoint_result.metrics == {"m": 1}
+
+
+def test_logger_restore_from_remote():
+    from ray.tune.logger import LoggerCallback
+
+    assert parameters(LoggerCallback._restore_from_remote) == ["self", "file_name", "trial"]
+    for log in (ray_compat.ResultLog, ray_compat.ProgressLog):
+        assert log._restore_from_remote is ray_compat._KeepLocalLog._restore_from_remote
+
+
+def test_stage_for_restart():
+    """The controller attributes `stage_for_restart` writes, as the controller itself uses them."""
+    source = inspect.getsource(TuneController._maybe_cache_trial_actor)
+    assert "self._staged_trials" in source and "self._actor_cache.cache_object" in source
+    assert "self._actor_cache.increase_max" in inspect.getsource(TuneController._maybe_add_actors)
+
+
+def test_save_experiment_state():
+    assert parameters(TuneController.checkpoint) == ["self", "force", "wait"]
+
+
+@pytest.mark.slow
+def test_learner_lr_schedule_and_connector(ray_start_2_cpus):
+    algo = PBTPPO(config={key: getattr(value, "sample", lambda: value)() for key, value in param_space(
+        load_config(REPO / "tests" / "data" / "tiny.yaml")).items()})
+    try:
+
+        def probe(learner):
+            module_id = next(iter(learner.module.keys()))
+            optimizer = learner.get_optimizers_for_module(module_id)[0][1]
+            lr = ray_compat.reset_optimizer_lr(learner, optimizer, 3e-4)
+            pieces = [type(piece) for piece in ray_compat.learner_connector(learner)]
+            return lr, optimizer.param_groups[0]["lr"], pieces
+
+        lr, in_optimizer, pieces = next(iter(algo.learner_group.foreach_learner(probe))).get()
+        assert lr == pytest.approx(3e-4) and in_optimizer == pytest.approx(3e-4)
+        assert pieces[-1] is GeneralAdvantageEstimation
+    finally:
+        algo.stop()
+
+
+def test_train_refuses_an_unverified_ray_with_one_line_and_exit_2(tmp_path):
+    """What a user sees after upgrading Ray beside pbt-job: exit 2, one line, nothing trained."""
+    import subprocess
+    import sys
+
+    fake_upgrade = (
+        "import sys, ray; ray.__version__ = '9.9.9'; from pbt_job.cli import main; "
+        f"sys.exit(main(['train', '--config', '{REPO / 'tests' / 'data' / 'tiny.yaml'}', '--storage', '{tmp_path}']))"
+    )
+    done = subprocess.run([sys.executable, "-c", fake_upgrade], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("pbt-job: error:")]
+    assert len(errors) == 1 and "ray 9.9.9 is installed" in errors[0] and ray_compat.ACCEPT_VERSION_ENV in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("tiny/*")), "nothing is written"

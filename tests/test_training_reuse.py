@@ -1,0 +1,140 @@
+"""Exploits in place: `PBTPPO.reset_config` on a real PBTPPO, and a real population whose actors are reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
+from ray.rllib.core.rl_module.rl_module import RLModule
+
+from conftest import REPO
+from pbt_job.storage import parse_storage_uri
+from pbt_job.training.algorithm import ENDED_AT_KEY, IN_PLACE_KEYS, PBTPPO, RESTORED_KEY, weights_digest
+from pbt_job.training.config import ConfigError, load_config
+from pbt_job.training.ray_compat import learner_connector
+from pbt_job.training.result_keys import tune_key
+from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
+from pbt_job.training.run_files import parse_lineage
+
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+
+pytestmark = pytest.mark.slow
+
+EXPLORED = {
+    "lr": 2.5e-4, "gamma": 0.9, "lambda": 0.8, "clip_param": 0.15, "vf_loss_coeff": 0.5, "entropy_coeff": 0.004,
+    "kl_coeff": 0.3, "num_epochs": 2, "minibatch_size": 32, "train_batch_size_per_learner": 96,
+}
+"""A new value for every key PBT may mutate (YAML names)."""
+
+
+def trial_config(job) -> dict:
+    """One member's Tune config: the param space with its domains drawn."""
+    return {key: value.sample() if hasattr(value, "sample") else value for key, value in param_space(job).items()}
+
+
+def in_force(learner) -> dict:
+    """What a learner will train with, read from its config, optimizer and GAE piece."""
+    gae = next(piece for piece in learner_connector(learner) if isinstance(piece, GeneralAdvantageEstimation))
+    module = next(iter(learner.module.keys()))
+    optimizer = learner.get_optimizers_for_module(module)[0][1]
+    return {
+        "lr": optimizer.param_groups[0]["lr"],
+        "gamma": gae.gamma,
+        "lambda": gae.lambda_,
+        "entropy_coeff": float(learner.entropy_coeff_schedulers_per_module[module].get_current_value()),
+        "kl_coeff": float(learner.curr_kl_coeffs_per_module[module]),
+        **{name: getattr(learner.config, name) for name in ("clip_param", "vf_loss_coeff")},
+    }
+
+
+@pytest.fixture(scope="module")
+def member(ray_start_2_cpus):
+    """A live member and the Tune config it was started with."""
+    config = trial_config(load_config(TINY))
+    algo = PBTPPO(config=dict(config))
+    yield algo, config
+    algo.stop()
+
+
+def test_reset_config_changes_every_mutable_key_in_place(member):
+    """Every key PBT may mutate reaches the learner (optimizer lr, loss coefficients, GAE) and the sampler."""
+    algo, config = member
+    assert {tune_key(name) for name in EXPLORED} == IN_PLACE_KEYS
+    algo.train()
+    assert algo.reset_config({**config, **{tune_key(name): value for name, value in EXPLORED.items()}}) is True
+    learner_view = next(iter(algo.learner_group.foreach_learner(in_force))).get()
+    assert learner_view == pytest.approx({k: EXPLORED[k] for k in learner_view})
+    assert algo.config.num_epochs == 2 and algo.config.minibatch_size == 32
+    result = algo.train()
+    assert result["env_runners"]["num_env_steps_sampled"] == 96  # the new train batch, sampled by the new config
+    assert result[RESTORED_KEY]  # a reused actor without a checkpoint restarts from its initial weights
+
+
+def test_reset_config_refuses_a_key_that_cannot_change_in_place(member):
+    algo, config = member
+    before = algo.config
+    assert algo.reset_config({**config, "num_env_runners": 1}) is False
+    assert algo.config is before
+
+
+def test_a_mutation_that_cannot_change_in_place_is_refused_at_load():
+    for key in ("conv_channels", "num_env_runners"):
+        with pytest.raises(ConfigError, match=rf"pbt\.mutations\.{key}: .*in place"):
+            load_config(TINY, [f"pbt.mutations.{key}={{type: choice, values: [1, 2]}}"])
+
+
+def results_by_trial(run: Path) -> dict[str, list[dict]]:
+    results = {}
+    for result_file in run.glob("PBTPPO_*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        results[lines[0]["trial_id"]] = lines
+    return results
+
+
+def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fresh(ray_start_2_cpus, tmp_path):
+    """Population 3 where only 2 trials fit at once (1 CPU each on 2 CPUs).
+
+    1. Exploits happen; no trial ever gets a new actor after the first two: every
+       result comes from one of two processes.
+    2. The third trial starts on the actor a paused recipient left: its first result
+       trains the initial weights (digest of a fresh member's modules), not the
+       previous trial's.
+    3. Each recipient's first result after its exploit trains the donor's weights
+       with its own explored lr, entropy and clip (see test_training_pbt).
+    4. The result an exploit was decided on stays in the recipient's result.json.
+    """
+    job = load_config(TINY, ["pbt.population=3", "resources.num_cpus_per_trial=1", "stop.training_iteration=6",
+                             "checkpoints.num_to_keep=null"])
+    outcome = train(job, parse_storage_uri(str(tmp_path)), "reuse", resume="never")
+    assert outcome.errors == 0
+    run = tmp_path / "reuse"
+    results = results_by_trial(run)
+    assert len(results) == 3
+    assert len({r["pid"] for lines in results.values() for r in lines}) == 2
+    exploits = parse_lineage((run / "lineage.jsonl").read_text())
+    assert exploits
+    for event in exploits:  # Tune's loggers replaced result.json by the lagging stored copy at each restart
+        assert any(r["training_iteration"] == event["iteration"] for r in results[event["recipient"]]), event
+
+    fresh = PBTPPO(config=trial_config(job))
+    fresh.save_to_path(str(tmp_path / "fresh"))
+    fresh.stop()
+    initial = {p: weights_digest(RLModule.from_checkpoint(tmp_path / "fresh" / MODULES_IN_CHECKPOINT / p)) for p in job.env.policies}
+    late_starter = next(lines for lines in results.values() if RESTORED_KEY in lines[0])
+    assert late_starter[0]["training_iteration"] == 1
+    assert {p: v["weights_sha256"] for p, v in late_starter[0][RESTORED_KEY].items()} == initial
+
+    for event in exploits:
+        after = [r for r in results[event["recipient"]] if r[ENDED_AT_KEY] > event["time"]]
+        if not after:
+            continue
+        first = min(after, key=lambda r: r[ENDED_AT_KEY])
+        for module, applied in first[RESTORED_KEY].items():
+            assert applied["lr"] == pytest.approx(event["config_after"]["lr"]), module
+            assert applied["entropy_coeff"] == pytest.approx(event["config_after"]["entropy_coeff"]), module
+            assert applied["clip_param"] == pytest.approx(event["config_after"]["clip_param"]), module
+        donor_modules = Path(event["donor_checkpoint"]) / MODULES_IN_CHECKPOINT
+        for policy, applied in first[RESTORED_KEY].items():
+            assert applied["weights_sha256"] == weights_digest(RLModule.from_checkpoint(donor_modules / policy)), policy
