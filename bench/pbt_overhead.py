@@ -4,9 +4,10 @@ Measured in one process, one run after the other, on one `ray.init(num_cpus=2)`,
 all through `pbt_job.training.run.train` (the job a user runs):
 
 1. `configs/quick.yaml` (3 trials on 2 cores, checkpoints every iteration,
-   `num_to_keep` 2), each trial stopped after `--seconds` of its own training time,
-   perturbation interval `--interval` (an exploit round every 2 iterations, one
-   recipient per round): env steps/s of the population, exploits.
+   `num_to_keep` 2) with lr, clip and entropy mutated (not epochs: both runs then do
+   equal work per iteration), each trial stopped after `--seconds` of its own
+   training time, perturbation interval `--interval` (an exploit round every 2
+   iterations, one recipient per round): env steps/s of the population, exploits.
 2. The same, with a perturbation interval no trial reaches: no exploit.
    Overhead = 1 - (1) / (2); target <= 5%.
 3. Run 1 again on an S3 server (moto on 127.0.0.1).
@@ -54,17 +55,19 @@ def machine() -> dict:
 def run(name: str, storage: str, seconds: float, interval: int) -> dict:
     """One `train` of quick.yaml stopped by per-trial training time; throughput and exploit gaps from the run folder."""
     import pyarrow.fs
+    import yaml
 
     from pbt_job.storage import filesystem, parse_storage_uri, read_text
     from pbt_job.training.algorithm import ENDED_AT_KEY
-    from pbt_job.training.config import load_config
+    from pbt_job.training.config import JobConfig
     from pbt_job.training.run import train
     from pbt_job.training.run_files import parse_lineage
 
-    job = load_config(REPO / "configs" / "quick.yaml", [
-        "metrics_port=0", f"pbt.perturbation_interval={interval}", "stop.training_iteration=null",
-        f"stop.time_total_s={seconds}",
-    ])
+    data = yaml.safe_load((REPO / "configs" / "quick.yaml").read_text())
+    data["pbt"]["mutations"].pop("num_epochs")  # equal work per iteration in both runs
+    data["pbt"]["perturbation_interval"] = interval
+    data.update(metrics_port=0, stop={"time_total_s": seconds})
+    job = JobConfig.model_validate(data)
     location = parse_storage_uri(storage)
     started = time.perf_counter()
     outcome = train(job, location, name, resume="never")

@@ -107,6 +107,17 @@ def test_stage_for_restart():
     assert "self._actor_cache.increase_max" in inspect.getsource(TuneController._maybe_add_actors)
 
 
+def test_env_runner_weights_seq_no():
+    """A sync applies weights only when newer than the runner's `_weights_seq_no`, which `forget_synced_weights` resets."""
+    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+
+    source = inspect.getsource(MultiAgentEnvRunner.set_state)
+    assert "self._weights_seq_no < weights_seq_no" in source
+    runner = type("Runner", (), {"_weights_seq_no": 7})()
+    ray_compat.forget_synced_weights(runner)
+    assert runner._weights_seq_no == 0
+
+
 def test_save_experiment_state():
     assert parameters(TuneController.checkpoint) == ["self", "force", "wait"]
 

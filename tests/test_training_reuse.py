@@ -72,6 +72,37 @@ def test_reset_config_changes_every_mutable_key_in_place(member):
     assert result[RESTORED_KEY]  # a reused actor without a checkpoint restarts from its initial weights
 
 
+@pytest.mark.parametrize("runners", [0, 1])
+def test_env_runners_take_the_new_config_and_the_loaded_weights(ray_start_2_cpus, tmp_path, runners):
+    """An exploit loads a checkpoint that may be older than the live weights: the learner and
+    the sampler (in the trial, or a remote env runner) must both take it."""
+    config = trial_config(load_config(TINY, [f"resources.num_env_runners={runners}", "resources.num_cpus_per_env_runner=0.5"]))
+    algo = PBTPPO(config=dict(config))
+    try:
+        def sampler_view(env_runner):
+            module = env_runner.module
+            return env_runner.config.train_batch_size_per_learner, {p: weights_digest(module[p]) for p in module.keys()}
+
+        def sampler():
+            return algo.env_runner_group.foreach_env_runner(sampler_view, local_env_runner=runners == 0)[0]
+
+        algo.train()
+        algo.save_to_path(str(tmp_path / "own"))
+        saved = {p: weights_digest(RLModule.from_checkpoint(tmp_path / "own" / MODULES_IN_CHECKPOINT / p)) for p in algo.config.policies}
+        _, sampler_saved = sampler()
+        algo.train()
+        algo.train()  # the live weights move two versions past the checkpoint
+        assert sampler()[1] != sampler_saved
+        assert algo.reset_config({**config, tune_key("train_batch_size_per_learner"): 96, "minibatch_size": 32}) is True
+        algo.load_checkpoint(str(tmp_path / "own"))  # what Tune calls next on an exploit
+        assert sampler() == (96, sampler_saved)
+        result = algo.train()
+        assert {p: v["weights_sha256"] for p, v in result[RESTORED_KEY].items()} == saved
+        assert result["env_runners"]["num_env_steps_sampled"] == 96
+    finally:
+        algo.stop()
+
+
 def test_reset_config_refuses_a_key_that_cannot_change_in_place(member):
     algo, config = member
     before = algo.config

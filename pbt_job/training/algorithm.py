@@ -44,7 +44,7 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, SCORE_KEY, JobConfig
-from pbt_job.training.ray_compat import learner_connector, reset_optimizer_lr
+from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr
 from pbt_job.training.result_keys import tune_key
 from pbt_job.training.model import module_spec
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
@@ -160,8 +160,10 @@ def apply_learner_config(learner: Any, config: AlgorithmConfig | None = None) ->
 
 
 def _apply_env_runner_config(env_runner: Any, config: AlgorithmConfig) -> None:
-    """New config (batch sizes set the rollout length) and new games: episodes begun under the old weights end here."""
+    """New config (batch sizes set the rollout length), new games (episodes begun under the old
+    weights end here), and the next weights, whatever their version, in force."""
     env_runner.config = config.copy(copy_frozen=False)
+    forget_synced_weights(env_runner)
     if env_runner.env is not None:  # the local runner of a trial with remote runners has no games
         env_runner.make_env()
 

@@ -233,3 +233,18 @@ def learner_connector(learner: Any) -> Any:
     the piece, and the Learner exposes its pipeline under no public name.
     """
     return learner._learner_connector
+
+
+# --- RLlib EnvRunner -----------------------------------------------------------------------
+
+
+def forget_synced_weights(env_runner: Any) -> None:
+    """Set `EnvRunner._weights_seq_no` to 0, so that the next weight sync applies whatever version it brings.
+
+    An EnvRunner applies synced weights only when their sequence number is newer
+    than its own (`MultiAgentEnvRunner.set_state`). Loading a checkpoint sets the
+    learner's number back to the checkpoint's, so the runners of a reused trial,
+    ahead of it, kept sampling with the recipient's old weights while the learner
+    trained the donor's. A new actor's runners start at 0; RLlib has no public reset.
+    """
+    env_runner._weights_seq_no = 0
