@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, SCORE_KEY, JobConfig
+from pbt_job.training.model import module_spec
 from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr
 from pbt_job.training.result_keys import tune_key
-from pbt_job.training.model import module_spec
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
 
@@ -189,7 +189,7 @@ class PBTPPO(PPO):
         self._hyperparameters_after_restore: dict[str, Any] | None = None
         self._checkpoints_saved: list[list[float]] = []
         self._last_checkpoint_bytes = 0
-        self._config_in_force: AlgorithmConfig = self.config
+        self._config_in_force: AlgorithmConfig = self.config  # Trainable.reset replaces self.config with the dict
         self._state_after_setup = self.get_state()
         self._starts_without_checkpoint = False
 

@@ -137,7 +137,8 @@ class _Lineage(PBTHooks):
             self._record_skip(trial, f"copying donor {trial_to_clone.trial_id}'s checkpoint failed: {err}")
             return
         before = copy.deepcopy(trial.config)
-        stage_for_restart(tune_controller, trial)
+        if trial.status != Trial.PAUSED:  # synchronous PBT pauses (and re-stages) its trials itself
+            stage_for_restart(tune_controller, trial)
         clone()
         self._restarting.add(trial.trial_id)
         self._restore_from_pin(tune_controller, trial, pin_path)
