@@ -139,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune drops the futures of tasks it abandons (the save of a trial it pauses or stops);
+    # Ray would print their errors at exit, after pbt-job's own last line. Trial errors
+    # still reach the trial's error.txt and the summary through Tune.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
 
     from pbt_job.errors import BadInput
     from pbt_job.storage import StorageOutage

@@ -106,8 +106,18 @@ def test_env_runners_take_the_new_config_and_the_loaded_weights(ray_start_2_cpus
 def test_reset_config_refuses_a_key_that_cannot_change_in_place(member):
     algo, config = member
     before = algo.config
-    assert algo.reset_config({**config, "num_env_runners": 1}) is False
+    with pytest.raises(ValueError, match="cannot change num_env_runners in a live trial"):
+        algo.reset_config({**config, "num_env_runners": 1})
     assert algo.config is before
+
+
+def test_reset_config_takes_a_config_that_went_through_pb2(member):
+    """PB2 flattens and unflattens the config it explores, which drops empty mappings."""
+    from ray.tune.utils.util import flatten_dict, unflatten_dict
+
+    algo, config = member
+    assert unflatten_dict(flatten_dict(config)) != config
+    assert algo.reset_config(unflatten_dict(flatten_dict({**config, "lr": 3e-4}))) is True
 
 
 def test_a_mutation_that_cannot_change_in_place_is_refused_at_load():

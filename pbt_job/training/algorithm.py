@@ -7,7 +7,7 @@
   included, and Tune then loads the donor's checkpoint into it. No new Ray actor
   is started (6-14 s each on 2 cores, and the restart's CPU load stalled the other
   trials). RLlib has no `reset_config` (ray-project/ray#38136, #44506); only the
-  keys in `IN_PLACE_KEYS` may differ, anything else refuses the reuse.
+  keys in `IN_PLACE_KEYS` may differ, anything else fails the reuse with its name.
 * After loading a checkpoint it re-applies its own config's learning rate, entropy
   and KL coefficients to every learner. Loading the donor's checkpoint restores the
   donor's optimizer state, param_groups' lr included, and RLlib only resets the lr
@@ -41,6 +41,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.tune.utils import flatten_dict
 
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, SCORE_KEY, JobConfig
@@ -168,9 +169,10 @@ def _apply_env_runner_config(env_runner: Any, config: AlgorithmConfig) -> None:
         env_runner.make_env()
 
 
-def _plain_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """A Tune config without Tune's own `__...__` keys (trial info, log files)."""
-    return {key: value for key, value in config.items() if not key.startswith("__")}
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config as a reuse compares it: flattened (PB2's explore flattens and unflattens
+    the config, which drops empty mappings), without Tune's own `__...__` keys."""
+    return flatten_dict({key: value for key, value in config.items() if not key.startswith("__")})
 
 
 class PBTPPO(PPO):
@@ -180,7 +182,7 @@ class PBTPPO(PPO):
     def __init__(self, config: Any = None, **kwargs: Any):
         # Tune's config dict as given: what a reuse compares (the AlgorithmConfig built from
         # it gains values resolved at setup, such as `simple_optimizer`).
-        self._tune_config = _plain_keys(config) if isinstance(config, dict) else {}
+        self._tune_config = _comparable(config) if isinstance(config, dict) else {}
         super().__init__(config=config, **kwargs)
 
     def setup(self, config: Any) -> None:
@@ -194,26 +196,26 @@ class PBTPPO(PPO):
         self._starts_without_checkpoint = False
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        """Take `new_config` in place; False (Tune then stops the trial) if a key outside `IN_PLACE_KEYS` differs.
+        """Take `new_config` in place. Tune calls this on a reused actor, then `restore` when
+        the trial has a checkpoint (an exploit, or a paused trial resuming), else `train`.
 
-        Tune calls this on a reused actor, then `restore` when the trial has a
-        checkpoint (an exploit, or a paused trial resuming), else `train`.
+        Raises:
+            ValueError: a key outside `IN_PLACE_KEYS` differs (named in the message, which
+                Tune records as the trial's error; its retry starts a new actor).
         """
-        new_config = _plain_keys(new_config)
-        before = self._tune_config
+        comparable, before = _comparable(new_config), self._tune_config
         fixed = sorted(
-            key for key in before.keys() | new_config.keys()
-            if key not in IN_PLACE_KEYS and before.get(key) != new_config.get(key)
+            key for key in before.keys() | comparable.keys()
+            if key not in IN_PLACE_KEYS and before.get(key) != comparable.get(key)
         )
         self.config = self._config_in_force
         if fixed:
-            logger.error("[reuse] cannot change %s in a live trial; the trial needs a new actor", ", ".join(fixed))
-            return False
+            raise ValueError(f"cannot change {', '.join(fixed)} in a live trial (only {', '.join(sorted(IN_PLACE_KEYS))})")
         config = self._config_in_force.copy(copy_frozen=False)
         config.update_from_dict({key: new_config[key] for key in IN_PLACE_KEYS if key in new_config})
         config.freeze()
         self.config = self._config_in_force = config
-        self._tune_config = new_config
+        self._tune_config = comparable
         for call in self.learner_group.foreach_learner(apply_learner_config, config=config):
             call.get()  # raises what the learner raised
         self.env_runner_group.foreach_env_runner(partial(_apply_env_runner_config, config=config))
