@@ -1,7 +1,7 @@
 """`pbt-job`: train a PBT population, validate a config, report on a run.
 
-Exit codes: 0 success; 2 bad input (config, flags, storage unreachable or
-credentials refused), with one line naming the field or the fix; 1 training failed.
+Exit codes: 0 success; 2 bad input (config, flags, storage unreachable, hung or
+refusing the credentials), with one line naming the field or the fix; 1 training failed.
 """
 
 from __future__ import annotations

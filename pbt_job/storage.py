@@ -11,12 +11,17 @@ them from the environment when used, so pickled copies (Tune pickles its storage
 into `tuner.pkl` and experiment state) never contain a secret.
 
 `check_storage` proves before any trial starts that the root is reachable and
-writable, turning each failure into a `StorageError` that says what to fix.
+writable (`check_readable`: reachable, for a reader), turning each failure into a
+`StorageError` that names the endpoint and says what to fix. These checks wait at
+most a few seconds per call (`PREFLIGHT_*`), so a dead or hung endpoint is named
+within ~10 s.
 
 Once a run is going, storage may go away for a while (a MinIO restart, a network
-blip): `retry_storage` retries writes for up to `PBT_JOB_STORAGE_RETRY_S` seconds
+blip): `retry_storage` retries what `is_outage` calls an outage (connection
+failures, timeouts, 5xx, throttling) for up to `PBT_JOB_STORAGE_RETRY_S` seconds
 (default 300) before it gives up with `StorageOutage`; the run then stops and the
-same command resumes it.
+same command resumes it. Anything else (access denied, not found, file exists, too
+many open files, ...) is raised at once, as it is.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -40,14 +47,31 @@ logger = logging.getLogger(__name__)
 
 S3_SCHEMES = ("s3",)
 CONNECT_TIMEOUT_S = 5.0
+PREFLIGHT_CONNECT_TIMEOUT_S = 3
+PREFLIGHT_READ_TIMEOUT_S = 4
+PREFLIGHT_ATTEMPTS = 2
+"""A preflight S3 call: 3 s to connect, 4 s for an answer, tried twice (~10 s worst case)."""
 RETRY_ENV = "PBT_JOB_STORAGE_RETRY_S"
 MIN_FREE_ENV = "PBT_JOB_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 200
 DEFAULT_RETRY_S = 300.0
 MAX_RETRY_DELAY_S = 10.0
 
-PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
-"""Errors that waiting does not fix: raised at once."""
+OUTAGE_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+    errno.EHOSTDOWN, errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.EPIPE,
+})
+"""Socket errors of a connection that failed or timed out; every other errno is not an outage."""
+OUTAGE_AWS_ERRORS = frozenset({
+    "NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE", "THROTTLING", "SLOW_DOWN",
+})
+"""pyarrow's names (`AWS Error NAME during ...`) for connection failures, timeouts, 5xx and throttling."""
+OUTAGE_S3_CODES = frozenset({
+    "RequestTimeout", "ServiceUnavailable", "InternalError", "SlowDown", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequestsException",
+})
+"""S3 error codes (botocore `ClientError`) for timeouts, 5xx and throttling."""
+_PYARROW_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?")
 
 T = TypeVar("T")
 
@@ -85,11 +109,41 @@ def retry_limit_s() -> float:
     return value
 
 
+def is_outage(err: BaseException) -> bool:
+    """Whether `err` says storage is unavailable for now (waiting may fix it), not that it refuses us.
+
+    Outages: a connection refused, reset or timed out, an HTTP 5xx or 429, throttling
+    (`SlowDown`), as a socket `OSError`, a pyarrow S3 error or a botocore error. Not
+    outages: permission denied, not found, file exists, too many open files, bad
+    credentials, and anything unrecognised.
+    """
+    if isinstance(err, StorageOutage):  # retried for the whole limit already (its text quotes the outage)
+        return False
+    botocore_exceptions = sys.modules.get("botocore.exceptions")  # not loaded: `err` is none of its errors
+    if botocore_exceptions is not None:  # before OSError: some of them (ReadTimeoutError) are OSErrors too
+        if isinstance(err, (botocore_exceptions.ConnectionError, botocore_exceptions.ReadTimeoutError)):
+            return True
+        if isinstance(err, botocore_exceptions.ClientError):
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return code in OUTAGE_S3_CODES or status >= 500 or status == 429
+    if not isinstance(err, OSError):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError)) or err.errno in OUTAGE_ERRNOS:
+        return True
+    match = _PYARROW_AWS_ERROR.search(str(err)) if err.errno is None else None
+    if match is None:
+        return False
+    name, status = match.group(1), int(match.group(2) or 0)
+    return name in OUTAGE_AWS_ERRORS or (name == "UNKNOWN" and (status >= 500 or status == 429))
+
+
 def retry_storage(action: Callable[[], T], what: str) -> T:
-    """Run a storage `action`, retrying I/O errors with backoff for up to `retry_limit_s()`.
+    """Run a storage `action`, retrying outages (`is_outage`) with backoff for up to `retry_limit_s()`.
 
     Raises:
         StorageOutage: it still failed when the limit ran out.
+        Exception: any error that is not an outage, at once and as it is.
     """
     limit = retry_limit_s()
     deadline = time.monotonic() + limit
@@ -97,8 +151,8 @@ def retry_storage(action: Callable[[], T], what: str) -> T:
     while True:
         try:
             return action()
-        except OSError as err:
-            if err.errno in PERMANENT_ERRNOS:
+        except Exception as err:
+            if not is_outage(err):
                 raise
             if time.monotonic() + delay > deadline:
                 raise StorageOutage.stopped(f"{what}, retried for {limit:.0f} s", err) from err
@@ -222,8 +276,23 @@ def check_storage(location: StorageLocation) -> list[str]:
     """
     retry_limit_s()
     if location.is_s3:
-        return _check_s3(location)
+        return _check_s3(location, write=True)
     return _check_local(location)
+
+
+def check_readable(location: StorageLocation) -> list[str]:
+    """Prove an S3 `location` can be read now: endpoint answers, credentials accepted, bucket exists.
+
+    Writes nothing. A local folder is not checked here: its reader names a missing or
+    unreadable path itself.
+
+    Returns:
+        What was checked, one line each.
+
+    Raises:
+        StorageError: the first problem found, with the fix.
+    """
+    return _check_s3(location, write=False) if location.is_s3 else []
 
 
 def _check_local(location: StorageLocation) -> list[str]:
@@ -262,7 +331,7 @@ def _min_free_mb() -> int:
     return int(text)
 
 
-def _check_s3(location: StorageLocation) -> list[str]:
+def _check_s3(location: StorageLocation, write: bool) -> list[str]:
     import boto3
     import botocore.config
     import botocore.exceptions
@@ -275,14 +344,17 @@ def _check_s3(location: StorageLocation) -> list[str]:
         endpoint_url=endpoint.url,
         region_name=endpoint.region,
         config=botocore.config.Config(
-            connect_timeout=CONNECT_TIMEOUT_S, read_timeout=15, retries={"max_attempts": 2, "mode": "standard"}
+            connect_timeout=PREFLIGHT_CONNECT_TIMEOUT_S,
+            read_timeout=PREFLIGHT_READ_TIMEOUT_S,
+            retries={"total_max_attempts": PREFLIGHT_ATTEMPTS, "mode": "standard"},
         ),
     )
     probe = f"{location.path.partition('/')[2]}/.pbt-job-probe-{uuid.uuid4().hex}".lstrip("/")
     try:
         client.head_bucket(Bucket=location.bucket)
-        client.put_object(Bucket=location.bucket, Key=probe, Body=b"probe")
-        client.delete_object(Bucket=location.bucket, Key=probe)
+        if write:
+            client.put_object(Bucket=location.bucket, Key=probe, Body=b"probe")
+            client.delete_object(Bucket=location.bucket, Key=probe)
     except botocore.exceptions.NoCredentialsError:
         raise StorageError(
             f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
@@ -291,15 +363,18 @@ def _check_s3(location: StorageLocation) -> list[str]:
         raise StorageError(
             f"S3 endpoint {where} is unreachable ({type(err).__name__}); check AWS_ENDPOINT_URL and the network"
         ) from None
+    except (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError) as err:
+        raise StorageError(
+            f"S3 endpoint {where} accepted the connection but did not answer within {PREFLIGHT_READ_TIMEOUT_S} s "
+            f"({PREFLIGHT_ATTEMPTS} tries, {type(err).__name__}); check AWS_ENDPOINT_URL and any proxy or "
+            "load balancer in front of it"
+        ) from None
     except botocore.exceptions.ClientError as err:
         raise StorageError(_explain_s3_error(err, location, where)) from None
     except botocore.exceptions.BotoCoreError as err:
         raise StorageError(f"S3 endpoint {where} failed: {type(err).__name__}; check AWS_ENDPOINT_URL") from None
-    return [
-        f"S3 endpoint {where} reachable, credentials accepted",
-        f"bucket {location.bucket} exists",
-        f"{location.uri} is writable (probe object written and deleted)",
-    ]
+    checked = [f"S3 endpoint {where} reachable, credentials accepted", f"bucket {location.bucket} exists"]
+    return checked + [f"{location.uri} is writable (probe object written and deleted)"] if write else checked
 
 
 def _explain_s3_error(err, location: StorageLocation, where: str) -> str:
@@ -314,6 +389,8 @@ def _explain_s3_error(err, location: StorageLocation, where: str) -> str:
             f"S3 at {where} refused the credentials for bucket {location.bucket} ({code}); "
             "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
         )
+    if is_outage(err):
+        return f"S3 at {where} is unavailable now ({code or status}) for {location.uri}; try again later"
     return f"S3 at {where} answered {code or status} for {location.uri}; check the bucket and credentials"
 
 

@@ -8,9 +8,12 @@ calls that create our IAM user and its key, every request must be signed by that
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -28,6 +31,64 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def hung_endpoint():
+    """`http://127.0.0.1:PORT` that accepts connections and never answers (a hung proxy or load balancer).
+
+    Accepted sockets are held open until the test ends, or at most 120 s.
+    """
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    server.settimeout(0.2)
+    held, stop = [], threading.Event()
+
+    def accept_and_hold() -> None:
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for sock in [*held, server]:
+        sock.close()
+
+
+class _SlowDown(http.server.BaseHTTPRequestHandler):
+    """Answers every S3 request as throttled S3 does: 503 with a `SlowDown` error body (none for HEAD)."""
+
+    BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def _answer(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.BODY)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def slow_down_endpoint():
+    """`http://127.0.0.1:PORT` that answers every request with 503 SlowDown."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowDown)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

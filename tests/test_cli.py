@@ -126,3 +126,22 @@ def test_resume_must_without_a_run_exits_2(bucket):
     proc = run_cli("train", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", "--resume", "must")
     assert_bad_input(proc, "--resume must", "holds no run")
     assert list_keys(bucket) == []
+
+
+@pytest.mark.parametrize("command", ["validate", "train", "report"])
+def test_a_hung_endpoint_is_named_within_15_s(hung_endpoint, command):
+    """An endpoint that accepts connections and never answers (a hung proxy): exit 2 naming it, in seconds."""
+    storage = "s3://pbt-hung/runs"
+    args = ("report", f"{storage}/tiny") if command == "report" else (command, "--config", str(TINY), "--storage", storage)
+    env = {"AWS_ENDPOINT_URL": hung_endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example"}
+    started = time.monotonic()
+    proc = run_cli(*args, env=env, timeout=40)
+    took_s = time.monotonic() - started
+    assert_bad_input(proc, hung_endpoint, "did not answer", "AWS_ENDPOINT_URL")
+    assert took_s < 15, f"{command} took {took_s:.1f} s to name a hung endpoint"
+
+
+def test_a_throttling_endpoint_is_called_unavailable_not_misconfigured(slow_down_endpoint):
+    env = {"AWS_ENDPOINT_URL": slow_down_endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example"}
+    proc = run_cli("validate", "--config", str(TINY), "--storage", "s3://pbt-busy/runs", env=env, timeout=40)
+    assert_bad_input(proc, slow_down_endpoint, "unavailable now", "503", "try again later")

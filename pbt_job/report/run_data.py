@@ -24,7 +24,7 @@ import pyarrow.fs
 
 from pbt_job.errors import BadInput
 from pbt_job.report.ancestry import Exploit
-from pbt_job.storage import StorageLocation, filesystem, parse_storage_uri, read_text
+from pbt_job.storage import StorageLocation, check_readable, filesystem, parse_storage_uri, read_text
 from pbt_job.training.config import SCORE_KEY
 from pbt_job.training.result_keys import metric_value, tune_key
 from pbt_job.training.run_files import STATE_FILE, SUMMARY_FILE, RunFiles, TrialLedger, json_lines
@@ -117,9 +117,10 @@ def load_run(run: str) -> RunData:
 
     Raises:
         NotARunError: `run` does not exist, cannot be read, or holds no `job_config.json`.
-        StorageError: `run` is not a usable URI.
+        StorageError: `run` is not a usable URI, or its S3 endpoint or bucket cannot be read.
     """
     location = parse_storage_uri(run)
+    check_readable(location)  # a dead or hung endpoint is named in seconds, before any read waits on it
     files = RunFiles(partial(filesystem, location), location.path)
     fs = files.fs
     job = _job_config(fs, files, location)

@@ -15,7 +15,7 @@ from typing import Any
 from pbt_job.report import plots
 from pbt_job.report.ancestry import Segment, ancestry, segment_end
 from pbt_job.report.run_data import RunData, load_run
-from pbt_job.storage import filesystem, parse_storage_uri, write_bytes, write_text
+from pbt_job.storage import check_readable, filesystem, parse_storage_uri, write_bytes, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,11 @@ def write_report(run: str, out: str | None = None) -> str:
 
     Raises:
         NotARunError: `run` is not a run folder.
-        StorageError: `run` or `out` is not a usable URI.
+        StorageError: `run` or `out` is not a usable URI, or its S3 endpoint or bucket cannot be reached.
     """
     data = load_run(run)
     target = parse_storage_uri(out or default_out(data))
+    check_readable(target)
     fs = filesystem(target)
     best = data.best_trial()
     chain = ancestry(best, data.exploits) if best else []

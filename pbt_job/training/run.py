@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from pbt_job.errors import BadInput
-from pbt_job.storage import StorageLocation, StorageOutage, check_storage, filesystem
+from pbt_job.storage import StorageLocation, StorageOutage, check_storage, filesystem, is_outage
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
@@ -173,12 +173,13 @@ def train(
 
 
 def _storage_outage_behind(err: BaseException) -> StorageOutage | None:
-    """The storage failure behind a failed `fit`: Tune wraps a callback's `StorageOutage` in
-    its own `TuneError`, and its own reads and writes raise plain `OSError`s."""
+    """The storage outage behind a failed `fit`, or None: Tune wraps a callback's `StorageOutage`
+    in its own `TuneError`, and its own reads and writes raise plain `OSError`s, of which only
+    outages (`is_outage`) count; a permission error or too many open files fails as itself."""
     while err is not None:
         if isinstance(err, StorageOutage):
             return err
-        if isinstance(err, OSError):
+        if is_outage(err):
             return StorageOutage.stopped("Tune was saving or reading the experiment state", err)
         err = err.__cause__ or err.__context__
     return None
