@@ -61,7 +61,7 @@ def run(name: str, storage: str, seconds: float, interval: int) -> dict:
     from pbt_job.training.algorithm import ENDED_AT_KEY
     from pbt_job.training.config import JobConfig
     from pbt_job.training.run import train
-    from pbt_job.training.run_files import parse_lineage
+    from pbt_job.run_folder import parse_lineage
 
     data = yaml.safe_load((REPO / "configs" / "quick.yaml").read_text())
     data["pbt"]["mutations"].pop("num_epochs")  # equal work per iteration in both runs

@@ -74,9 +74,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _progress_reporter(job):
     from ray import tune
 
+    from pbt_job.result_keys import yaml_name
     from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY
     from pbt_job.training.explore import initial_space
-    from pbt_job.training.result_keys import yaml_name
 
     return tune.CLIReporter(
         metric_columns={"training_iteration": "iter", job.pbt.metric: "metric", ENV_STEPS_PER_S_KEY: "env steps/s"},

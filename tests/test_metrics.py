@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port
 from pbt_job import metrics
+from pbt_job.run_folder import RunFiles, parse_lineage
 from pbt_job.storage import parse_storage_uri
 from pbt_job.training.config import load_config
 from pbt_job.training.live_metrics import LiveMetrics
 from pbt_job.training.run import train
-from pbt_job.training.run_files import RunFiles, parse_lineage
 from test_cli import TINY, assert_bad_input, run_cli
 
 DASHBOARD = REPO / "helm" / "pbt-job" / "dashboards" / "pbt-job.json"

@@ -157,3 +157,16 @@ def test_train_refuses_an_unverified_ray_with_one_line_and_exit_2(tmp_path):
     assert len(errors) == 1 and "ray 9.9.9 is installed" in errors[0] and ray_compat.ACCEPT_VERSION_ENV in errors[0]
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.glob("tiny/*")), "nothing is written"
+
+
+def test_private_train_batch_key():
+    """`pbt_job.result_keys.TUNE_KEYS`: `AlgorithmConfig.to_dict()` names the batch size by its
+    private attribute, and `update_from_dict` (what a Tune config becomes) reads that name back."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from pbt_job.result_keys import tune_key
+
+    key = tune_key("train_batch_size_per_learner")
+    assert key == "_train_batch_size_per_learner"
+    assert PPOConfig().training(train_batch_size_per_learner=333).to_dict()[key] == 333
+    assert PPOConfig().update_from_dict({key: 77}).train_batch_size_per_learner == 77

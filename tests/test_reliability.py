@@ -22,9 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port, list_keys, read_object
+from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri
 from pbt_job.training.algorithm import CHECKPOINTS_KEY
-from pbt_job.training.run_files import parse_lineage
 from pbt_job.training.scheduler import PIN_DIR
 from test_cli import TINY, assert_bad_input, run_cli
 
@@ -87,6 +87,18 @@ def stored_results(bucket: str, run: str) -> dict[str, list[dict]]:
         key: [json.loads(line) for line in read_object(bucket, key).splitlines() if line.strip()]
         for key in list_keys(bucket, run) if key.endswith("/result.json")
     }
+
+
+def snapshot_saved_after(bucket: str, run: str, since: float) -> Callable[[], bool]:
+    """True once Tune has saved its experiment state (`experiment_state-*.json`) after `since`.
+    S3 times are whole seconds: a save stamped `since + 1` or later happened after `since`."""
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+    def saved() -> bool:
+        objects = client.list_objects_v2(Bucket=bucket, Prefix=f"{run}/experiment_state-").get("Contents", [])
+        return any(o["LastModified"].timestamp() >= since + 1 for o in objects)
+
+    return saved
 
 
 def all_trials_reached(bucket: str, run: str, iteration: int) -> Callable[[], bool]:
@@ -188,7 +200,9 @@ def test_a_storage_outage_of_25_s_is_ridden_out(bucket, tmp_path, restartable_s3
        trial errored, lineage complete, every referenced checkpoint in the bucket."""
     started = time.monotonic()
     driver, lineage_before = outage_run(bucket, "outage", tmp_path, restartable_s3, retry_s=120, stop=6)
-    time.sleep(25)
+    outage_started = time.monotonic()
+    driver.wait_until(lambda: time.monotonic() - outage_started >= 25 and "Could not connect to server" in driver.output(),
+                      "25 s of outage, met by the driver", timeout=90, poll=0.5)
     assert driver.process.poll() is None, "the driver survives the outage"
     restartable_s3.start()
     assert driver.finish() == 0, driver.output()[-3000:]
@@ -273,7 +287,8 @@ def test_sigkill_of_the_driver_at_three_points_then_the_same_command_resumes(buc
             "--set", f"stop.training_iteration={stop}"]
     driver = Driver(tmp_path / "session-1.log", *args, "--metrics-port", "0")
     driver.wait_until(all_trials_reached(bucket, run, 3), "3 stored iterations")
-    time.sleep(3)  # an experiment snapshot with every trial's checkpoint: resumes need not start from zero
+    # An experiment snapshot with every trial's checkpoint: resumes need not start from zero.
+    driver.wait_until(snapshot_saved_after(bucket, run, time.time()), "an experiment snapshot after 3 iterations", poll=0.2)
     figures = []
     for session, (kill_point, condition) in enumerate(KILL_POINTS.items(), start=2):
         driver.wait_until(condition(bucket, run), kill_point, poll=0.1)
@@ -335,7 +350,7 @@ def test_losing_a_worker_node_restarts_its_trial_from_a_checkpoint(bucket, tmp_p
     """A head without trial resources and two 1-CPU worker nodes (a worker pool); one trial per node.
 
     1. After 3 stored iterations per trial, remove one worker node (its raylet and the
-       trial's processes die with it); 10 s later a replacement node joins.
+       trial's processes die with it); once Tune reports the trial failed, a replacement node joins.
     2. The lost trial restarts from its last checkpoint (its first result in the new
        session continues from a stored iteration), the run finishes, and no lineage
        event or referenced checkpoint is lost.
@@ -359,7 +374,8 @@ def test_losing_a_worker_node_restarts_its_trial_from_a_checkpoint(bucket, tmp_p
         lineage_before = stored_lineage(bucket, run)
         lost_at = time.monotonic()
         cluster.remove_node(workers[0], allow_graceful=False)
-        time.sleep(10)
+        driver.wait_until(lambda: "Trial task failed for trial" in driver.output(), "the node loss to fail its trial",
+                          timeout=120, poll=0.5)
         cluster.add_node(num_cpus=1)
         assert driver.finish() == 0, driver.output()[-3000:]
         finished_after_s = time.monotonic() - lost_at

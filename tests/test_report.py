@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import pyarrow.fs
 import pytest
 from matplotlib.image import imread
 
@@ -19,10 +23,10 @@ from pbt_job.cli import main
 from pbt_job.report import plots
 from pbt_job.report.ancestry import Exploit, Segment, ancestry, clones_before, discarded, inherited, segment_end
 from pbt_job.report.run_data import load_run, parse_results
-from pbt_job.report.write import SUMMARY_KEYS, write_report
+from pbt_job.report.write import write_report
+from pbt_job.run_folder import ReadOnlyRunFiles, RunFiles
 from pbt_job.storage import parse_storage_uri
 from pbt_job.training.config import config_to_dict, load_config
-from pbt_job.training.run_files import parse_lineage
 
 TINY = REPO / "tests" / "data" / "tiny.yaml"
 FILES = ("lineage.png", "schedules.png", "curves.png", "report.md", "report.json")
@@ -123,6 +127,38 @@ def test_lineage_keeps_only_well_formed_exploits_in_time_order(tmp_path, caplog)
     assert len(caplog.messages) == 2
 
 
+def test_report_imports_nothing_of_training_nor_ray():
+    """The run folder is its own room (`pbt_job.run_folder`): report reads it without training's machinery."""
+    code = ("import sys, pbt_job.report.write, pbt_job.cli; pbt_job.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('pbt_job.training', 'ray'))))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"pbt-job report imports {proc.stdout.strip()}"
+
+
+def test_a_reader_sees_lines_the_writer_adds_and_cannot_write(tmp_path):
+    """The driver's `RunFiles` keeps what it read; a reader's reads storage on every call."""
+    writer = RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path))
+    reader = RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path), writer=False)
+    assert reader.lineage() == [] and reader.ledgers() == {} and reader.stored_wall_time() is None
+    writer.record({"event": "exploit", "recipient": "a", "iteration": 2, "donor": "b", "time": 1.0})
+    writer.ledger("a").iteration = 2
+    writer.save_ledgers()
+    assert [e["donor"] for e in reader.lineage()] == ["b"]
+    assert reader.ledgers()["a"].iteration == 2 and reader.stored_wall_time() >= 0
+    writer.record({"event": "exploit", "recipient": "b", "iteration": 4, "donor": "a", "time": 2.0})
+    writer.ledger("b").iteration = 4
+    writer.save_ledgers()
+    assert [e["donor"] for e in reader.lineage()] == ["b", "a"]
+    assert sorted(reader.ledgers()) == ["a", "b"]
+    with pytest.raises(ReadOnlyRunFiles):
+        reader.record({"event": "exploit", "recipient": "c", "iteration": 1})
+    with pytest.raises(ReadOnlyRunFiles):
+        reader.write_json("summary.json", {})
+    assert len(writer.lineage()) == 2
+
+
 def test_a_path_that_is_not_a_run_exits_2_and_names_the_runs_below_it(tmp_path, capsys):
     (tmp_path / "runs" / "one").mkdir(parents=True)
     (tmp_path / "runs" / "one" / "job_config.json").write_text("{}")
@@ -190,24 +226,56 @@ def assert_report_folder(folder: Path, run_uri: str) -> dict:
     return json.loads((folder / "report.json").read_text())
 
 
-def training_share_of(run: Path, wall_time_s: float) -> float:
-    """Every result line's `time_this_iter_s` over (trials x wall time), from the trials' own result.json."""
-    files = list(run.glob("*/result.json"))
-    seconds = sum(json.loads(line)["time_this_iter_s"] for f in files for line in f.read_text().splitlines() if line.strip())
-    return seconds / (len(files) * wall_time_s)
+def json_lines_of(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def assert_agrees_with_run_files(numbers: dict, summary: dict, lineage: list[dict]) -> None:
-    assert numbers["finished"] is True
-    for key in SUMMARY_KEYS:
-        assert numbers[key] == summary[key], key
-    assert numbers["exploits"] == len(lineage) > 0
+def local_raw_files(run: Path) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Every trial folder's result.json lines and lineage.jsonl's lines, parsed here, not by pbt_job."""
+    results = {d.name: json_lines_of((d / "result.json").read_text()) for d in run.glob("PBTPPO_*")}
+    return results, json_lines_of((run / "lineage.jsonl").read_text())
+
+
+def s3_raw_files(bucket: str, run: str) -> tuple[dict[str, list[dict]], list[dict]]:
+    keys = [key for key in list_keys(bucket, f"{run}/") if key.endswith("/result.json")]
+    results = {key.split("/")[-2]: json_lines_of(read_object(bucket, key)) for key in keys}
+    return results, json_lines_of(read_object(bucket, f"{run}/lineage.jsonl"))
+
+
+def training_share_of(results: dict[str, list[dict]], wall_time_s: float) -> float:
+    """Every result line's `time_this_iter_s` over (trials x wall time)."""
+    seconds = sum(line["time_this_iter_s"] for lines in results.values() for line in lines)
+    return seconds / (len(results) * wall_time_s)
+
+
+def assert_numbers_recomputed(numbers: dict, results: dict[str, list[dict]], lineage: list[dict]) -> None:
+    """The report's numbers against the same numbers computed here from Tune's result.json and lineage.jsonl.
+
+    The best trial is one whose last result has the highest `pbt_score` (tiny.yaml: mode max; ties happen);
+    env steps are the sum of every result's sampled env steps; the wall time covers every result.
+    """
+    last = {lines[-1]["trial_id"]: lines[-1] for lines in results.values()}
+    top = max(result["pbt_score"] for result in last.values())
+    best = numbers["best_trial"]
+    assert best in {trial for trial, result in last.items() if result["pbt_score"] == top}, "the best (or one tied for it)"
+    env_steps = sum(int(line["env_runners"]["num_env_steps_sampled"]) for lines in results.values() for line in lines)
+    first_start = min(line["timestamp"] - line["time_this_iter_s"] for lines in results.values() for line in lines)
+    last_end = max(line["timestamp"] for lines in results.values() for line in lines)
+    assert numbers["best_metric"] == pytest.approx(last[best]["pbt_score"])
+    assert numbers["best_hyperparameters"] == pytest.approx({k: last[best]["config"][k] for k in ("lr", "clip_param", "entropy_coeff")})
+    assert numbers["exploits"] == sum(e.get("event") == "exploit" for e in lineage) > 0
+    assert numbers["env_steps_total"] == env_steps >= len(results) * 128
+    assert numbers["wall_time_s"] >= last_end - first_start - 1, "timestamps are whole seconds"
+    assert numbers["env_steps_per_s"] == pytest.approx(env_steps / numbers["wall_time_s"], rel=1e-4), "wall time is rounded"
+    assert numbers["training_share"] == pytest.approx(training_share_of(results, numbers["wall_time_s"]), abs=1e-4)
+    assert set(numbers["trials"]) == set(last)
     for trial, row in numbers["trials"].items():
+        assert (row["iteration"], row["metric"]) == (last[trial]["training_iteration"], pytest.approx(last[trial]["pbt_score"]))
         assert row["times_cloned"] == sum(e["recipient"] == trial for e in lineage), trial
         assert row["times_donor"] == sum(e["donor"] == trial for e in lineage), trial
     chain = numbers["best_ancestry"]
-    assert chain[-1]["trial"] == summary["best_trial"]
-    assert chain[-1]["to_iteration"] == summary["trials"][summary["best_trial"]]["iteration"]
+    assert chain[-1]["trial"] == best
+    assert chain[-1]["to_iteration"] == last[best]["training_iteration"]
     assert chain[0]["from_iteration"] == 1
     for before, after in zip(chain, chain[1:]):
         assert after["from_iteration"] == before["to_iteration"] + 1
@@ -219,32 +287,27 @@ def assert_agrees_with_run_files(numbers: dict, summary: dict, lineage: list[dic
 def test_report_of_a_real_local_run(local_run, capsys):
     """1. `pbt-job report RUN` writes into RUN/report and prints where.
     2. Every file is there; the PNGs decode to their layout's size.
-    3. report.json agrees with summary.json and lineage.jsonl, including the best trial's ancestry.
+    3. report.json's numbers equal those recomputed from result.json and lineage.jsonl, the
+       best trial's ancestry included (not those of summary.json, which it copies).
     """
     assert main(["report", str(local_run)]) == 0
     assert capsys.readouterr().out.strip() == f"report: {local_run / 'report' / 'report.md'}"
     numbers = assert_report_folder(local_run / "report", str(local_run))
-    summary = json.loads((local_run / "summary.json").read_text())
-    assert_agrees_with_run_files(numbers, summary, parse_lineage((local_run / "lineage.jsonl").read_text()))
-    share = training_share_of(local_run, summary["wall_time_s"])
-    assert 0 < share <= 1 and numbers["training_share"] == pytest.approx(share, abs=1e-4)
+    assert numbers["finished"] is True
+    assert_numbers_recomputed(numbers, *local_raw_files(local_run))
+    assert 0 < numbers["training_share"] <= 1
     assert f"| Share of wall time spent training | {numbers['training_share']:.1%} |" in (local_run / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow
 def test_report_of_a_run_still_training_reads_what_is_there(local_run, tmp_path):
-    """Without summary.json (as while training) the numbers come from results and ledgers, and match the summary."""
+    """Without summary.json (as while training) the numbers come from results, lineage and ledgers."""
     running = tmp_path / "running"
     shutil.copytree(local_run, running, ignore=shutil.ignore_patterns("summary.json", "report"))
     numbers = json.loads(Path(write_report(str(running), str(tmp_path / "out"))).with_name("report.json").read_text())
-    summary = json.loads((local_run / "summary.json").read_text())
     assert numbers["finished"] is False and "has not finished" in numbers["notes"][0]
-    for key in ("best_trial", "exploits", "env_steps_total"):
-        assert numbers[key] == summary[key], key
-    assert numbers["best_metric"] == pytest.approx(summary["best_metric"])
-    assert numbers["best_hyperparameters"] == pytest.approx(summary["best_hyperparameters"])
-    wall_time = json.loads((running / "pbt_state.jsonl").read_text())["wall_time_s"]
-    assert numbers["training_share"] == pytest.approx(training_share_of(running, wall_time), abs=1e-4)
+    assert_numbers_recomputed(numbers, *local_raw_files(running))
+    assert numbers["wall_time_s"] == json.loads((running / "pbt_state.jsonl").read_text())["wall_time_s"]
 
 
 @pytest.mark.slow
@@ -254,9 +317,8 @@ def test_report_of_a_real_s3_run(s3_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert write_report(run_uri) == str(tmp_path / "report-report-s3" / "report.md")
     numbers = assert_report_folder(tmp_path / "report-report-s3", run_uri)
-    summary = json.loads(read_object(bucket, "runs/report-s3/summary.json"))
-    lineage = parse_lineage(read_object(bucket, "runs/report-s3/lineage.jsonl"))
-    assert_agrees_with_run_files(numbers, summary, lineage)
+    assert numbers["finished"] is True
+    assert_numbers_recomputed(numbers, *s3_raw_files(bucket, "runs/report-s3"))
 
     assert write_report(run_uri, f"s3://{bucket}/reports/tiny") == f"s3://{bucket}/reports/tiny/report.md"
     written = [key for key in list_keys(bucket, "reports/tiny/") if not key.endswith("/")]  # "/": folder markers

@@ -1,28 +1,35 @@
-"""LineagePBT's exploit decisions on stub trials (no Ray cluster), as Tune's own PBT tests do."""
+"""LineagePBT's and LineagePB2's exploit decisions on stub trials (no Ray cluster), as Tune's own PBT tests do."""
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from functools import partial
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow.fs
 import pytest
 from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint
 from ray.tune.schedulers.pbt import _PBTTrialState
 
-from pbt_job.training.config import PBTConfig
+from conftest import REPO
+from pbt_job.run_folder import LINEAGE_FILE, SKIPS_FILE, RunFiles
+from pbt_job.training.config import PBTConfig, load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
-from pbt_job.training.run_files import LINEAGE_FILE, SKIPS_FILE, RunFiles
-from pbt_job.training.scheduler import LineagePBT
+from pbt_job.training.run import build_scheduler
+from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
 
 class StubTrial(SimpleNamespace):
-    """What the scheduler reads of a Tune trial; hashable like one."""
+    """What the scheduler reads of a Tune trial; hashable like one, named by its id (PB2 keys its data by `str`)."""
 
     __hash__ = object.__hash__
+
+    def __str__(self) -> str:
+        return self.trial_id
 
 
 def stub_trial(trial_id: str, latest: Checkpoint | None = None) -> StubTrial:
@@ -137,3 +144,37 @@ def test_a_trial_is_not_paused_for_a_recipient_that_only_waits_for_its_restart(s
     never_started = stub_trial("never_started")
     never_started.status = "PENDING"
     assert not scheduler._only_recipients_wait(SimpleNamespace(get_trials=lambda: [recipient, running, never_started]))
+
+
+@pytest.mark.filterwarnings("ignore")  # scikit-learn's GP fit warns about convergence on so few points
+def test_pb2_explores_where_its_gp_expects_the_most_gain_not_by_perturbing(tmp_path):
+    """What only PB2 does (`pbt.scheduler: pb2`): a new config from its Gaussian-process bandit.
+
+    1. Six trials trained 2 iterations each with clip_param spread over its bounds
+       [0.1, 0.3]; their metric gained 100 x clip_param: the more, the better.
+    2. A recipient clones the trial at clip_param 0.18.
+    3. PB2 proposes clip_param at the top of the bounds (0.3), where the GP expects
+       the most gain, and names no perturbation. PBT would give 0.144 or 0.216
+       (x 0.8 / x 1.2), or, once in four, a uniform resample: at most 5 % of those
+       reach 0.29. Choices (lr, entropy_coeff) come out as listed values.
+    """
+    job = load_config(REPO / "tests" / "data" / "tiny.yaml", ["pbt.scheduler=pb2"])
+    scheduler = build_scheduler(job, RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path)))
+    assert isinstance(scheduler, LineagePB2)
+    trials = []
+    for i, clip in enumerate([0.1, 0.14, 0.18, 0.22, 0.26, 0.3]):
+        trial = stub_trial(f"t{i}")
+        trial.config = {"lr": 1e-4, "clip_param": clip, "entropy_coeff": 0.0}
+        state = _PBTTrialState(trial)
+        scheduler._trial_state[trial] = state
+        for iteration, score in ((2, 0.0), (4, 100 * clip)):
+            scheduler._save_trial_state(state, iteration, {"training_iteration": iteration, "pbt_score": score}, trial)
+        trials.append(trial)
+    recipient, donor = trials[0], trials[2]
+    for seed in range(3):
+        random.seed(seed)
+        np.random.seed(seed)
+        config, operations = scheduler._get_new_config(recipient, donor)
+        assert operations == {}, "PBT names its perturbations; PB2 has none"
+        assert 0.29 <= config["clip_param"] <= 0.3, (seed, config)
+        assert config["lr"] in [1e-3, 5e-4, 1e-4] and config["entropy_coeff"] in [0.0, 1e-3, 5e-3], config

@@ -11,12 +11,12 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.tune.schedulers import PopulationBasedTraining
 
 from conftest import REPO, list_keys, read_object
+from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri
 from pbt_job.training.algorithm import PBTPPO, RESTORED_KEY, weights_digest
 from pbt_job.training.config import load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
 from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
-from pbt_job.training.run_files import parse_lineage
 from pbt_job.training.scheduler import PIN_DIR
 
 TINY = REPO / "tests" / "data" / "tiny.yaml"
@@ -173,7 +173,11 @@ def test_stock_pbt_loses_the_donor_checkpoint_to_retention(ray_start_2_cpus, buc
 
 
 def test_pb2_scheduler_explores_within_the_domains(ray_start_2_cpus, tmp_path):
-    """`pbt.scheduler: pb2`: same lineage and pinning, GP-bandit explore, choices snapped to their values."""
+    """`pbt.scheduler: pb2` end to end: same lineage and pinning, explored values in the domains.
+
+    Plain PBT would pass this too; what only PB2 does (a GP-bandit proposal) is
+    `test_scheduler.py::test_pb2_explores_where_its_gp_expects_the_most_gain_not_by_perturbing`.
+    """
     job = load_config(TINY, ["pbt.scheduler=pb2"])
     outcome = train(job, parse_storage_uri(str(tmp_path)), "pb2", resume="never")
     assert outcome.errors == 0

@@ -10,13 +10,13 @@ from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdv
 from ray.rllib.core.rl_module.rl_module import RLModule
 
 from conftest import REPO
+from pbt_job.result_keys import tune_key
+from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import parse_storage_uri
 from pbt_job.training.algorithm import ENDED_AT_KEY, IN_PLACE_KEYS, PBTPPO, RESTORED_KEY, weights_digest
 from pbt_job.training.config import ConfigError, load_config
 from pbt_job.training.ray_compat import learner_connector
-from pbt_job.training.result_keys import tune_key
 from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
-from pbt_job.training.run_files import parse_lineage
 
 TINY = REPO / "tests" / "data" / "tiny.yaml"
 

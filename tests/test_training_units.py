@@ -13,13 +13,13 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.utils.pre_checks.env import check_multiagent_environments
 
 from conftest import REPO
+from pbt_job.result_keys import tune_key
+from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import S3Endpoint, StorageError, parse_storage_uri
 from pbt_job.training.config import ConfigError, PBTConfig, load_config, parse_overrides
 from pbt_job.training.explore import explore_fixups, initial_space, pbt_mutations
-from pbt_job.training.result_keys import tune_key
 from pbt_job.training.model import GridPPOModule, default_conv_channels, default_hidden_sizes
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn, slot_id
-from pbt_job.training.run_files import parse_lineage
 from pbt_job.training.score import ENV_STEPS_KEY, REWARD_SUM_KEY, EpisodeReturnScore
 
 REFERENCE = load_config(REPO / "configs" / "reference.yaml")

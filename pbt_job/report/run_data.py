@@ -1,8 +1,11 @@
 """A run folder read into plain values: each trial's results, the exploits, the summary.
 
 Works on a finished run and on one still training (it reads what is there), local
-or on S3 through the same pyarrow filesystem. Every file is untrusted input: a
-malformed line is skipped with a warning; only JSON is parsed, never Tune's pickles.
+or on S3 through the same pyarrow filesystem. The format of pbt-job's files is
+`pbt_job.run_folder`'s, read through a reader `RunFiles` (nothing cached, so the new
+lines of a run still training are seen); nothing here imports `pbt_job.training` or
+Ray. Every file is untrusted input: a malformed line is skipped with a warning; only
+JSON is parsed, never Tune's pickles.
 
 Where the numbers come from:
 
@@ -24,15 +27,12 @@ import pyarrow.fs
 
 from pbt_job.errors import BadInput
 from pbt_job.report.ancestry import Exploit
+from pbt_job.result_keys import SCORE_KEY, metric_value, tune_key
+from pbt_job.run_folder import JOB_CONFIG_FILE, RESULT_FILE, SUMMARY_FILE, RunFiles, TrialLedger, json_lines
 from pbt_job.storage import StorageLocation, check_readable, filesystem, parse_storage_uri, read_text
-from pbt_job.training.config import SCORE_KEY
-from pbt_job.training.result_keys import metric_value, tune_key
-from pbt_job.training.run_files import STATE_FILE, SUMMARY_FILE, RunFiles, TrialLedger, json_lines
 
 logger = logging.getLogger(__name__)
 
-JOB_CONFIG_FILE = "job_config.json"
-RESULT_FILE = "result.json"
 EXPLOIT_FIELDS = ("recipient", "donor", "donor_iteration", "time")
 """What the report needs of a lineage event."""
 
@@ -121,14 +121,12 @@ def load_run(run: str) -> RunData:
     """
     location = parse_storage_uri(run)
     check_readable(location)  # a dead or hung endpoint is named in seconds, before any read waits on it
-    files = RunFiles(partial(filesystem, location), location.path)
+    files = RunFiles(partial(filesystem, location), location.path, writer=False)
     fs = files.fs
     job = _job_config(fs, files, location)
     pbt = job.get("pbt") if isinstance(job.get("pbt"), dict) else {}
     metric = pbt.get("metric") if isinstance(pbt.get("metric"), str) else SCORE_KEY
     mutations = sorted(pbt["mutations"]) if isinstance(pbt.get("mutations"), dict) else []
-    state = files.read_json(STATE_FILE) or {}
-    wall_time = state.get("wall_time_s")
     return RunData(
         name=location.path.rstrip("/").rsplit("/", 1)[-1],
         location=location,
@@ -139,7 +137,7 @@ def load_run(run: str) -> RunData:
         exploits=sorted(_exploits(files.lineage()), key=lambda e: e.time),
         summary=files.read_json(SUMMARY_FILE),
         ledgers=files.ledgers(),
-        wall_time_s=float(wall_time) if _finite(wall_time) else None,
+        wall_time_s=files.stored_wall_time(),
     )
 
 

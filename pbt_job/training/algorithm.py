@@ -43,11 +43,11 @@ from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdv
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.tune.utils import flatten_dict
 
+from pbt_job.result_keys import SCORE_KEY, tune_key
 from pbt_job.storage import retry_storage
-from pbt_job.training.config import MUTABLE, SCORE_KEY, JobConfig
+from pbt_job.training.config import MUTABLE, JobConfig
 from pbt_job.training.model import module_spec
 from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr
-from pbt_job.training.result_keys import tune_key
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
 

@@ -17,12 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pbt_job.env import EnvConfig
 from pbt_job.errors import BadInput
+from pbt_job.result_keys import SCORE_KEY
 
 DEFAULT_METRICS_PORT = 9464
 """Clear of Ray's metrics (8080) and node-exporter (9100)."""
-
-SCORE_KEY = "pbt_score"
-"""Result key of the default PBT metric, see `pbt_job.training.score`."""
 
 
 class ConfigError(BadInput):

@@ -10,8 +10,8 @@ from typing import Any
 
 from ray import tune
 
+from pbt_job.result_keys import tune_key
 from pbt_job.training.config import INTEGER_SETTINGS, Mutation, PBTConfig
-from pbt_job.training.result_keys import tune_key
 
 def tune_domain(name: str, mutation: Mutation) -> tune.search.sample.Domain:
     """The Tune domain the initial population is drawn from."""

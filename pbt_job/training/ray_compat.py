@@ -7,6 +7,10 @@ names only. `tests/test_ray_compat.py` checks every item against the installed R
 (the name exists, with the expected signature or attribute), so an upgrade fails
 there, naming the item, and not deep inside a training run.
 
+One item lives outside, because `pbt-job report` reads it without importing Ray:
+RLlib's private config key `_train_batch_size_per_learner` (`pbt_job/result_keys.py`,
+`TUNE_KEYS`), checked by `test_private_train_batch_key` like the items here.
+
 At import the installed Ray must be the version these items were verified with
 (`VERIFIED_RAY_VERSION`); set `PBT_JOB_ACCEPT_RAY_VERSION=<installed version>` to
 accept the risk of another one.

@@ -18,15 +18,15 @@ import ray
 from ray import tune
 
 from pbt_job.errors import BadInput
+from pbt_job.result_keys import metric_value, yaml_name
+from pbt_job.run_folder import BEST_DIR, JOB_CONFIG_FILE, SUMMARY_FILE, RunFiles
 from pbt_job.storage import StorageLocation, StorageOutage, check_storage, filesystem, is_outage
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
 from pbt_job.training.ray_compat import ProgressLog, ResultLog
-from pbt_job.training.run_files import BEST_DIR, SUMMARY_FILE, RunFiles
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
-from pbt_job.training.result_keys import metric_value, yaml_name
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def train(
         logger.info("[resume] continuing %s", location.display(name))
         tuner = tune.Tuner.restore(run_path, trainable=PBTPPO, storage_filesystem=storage_fs, resume_errored=True)
     else:
-        run_files.write_json("job_config.json", config_to_dict(job))
+        run_files.write_json(JOB_CONFIG_FILE, config_to_dict(job))
         tuner = tune.Tuner(
             PBTPPO,
             param_space=param_space(job),

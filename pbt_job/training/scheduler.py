@@ -40,6 +40,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
+from pbt_job.result_keys import yaml_name
+from pbt_job.run_folder import RunFiles
 from pbt_job.training.ray_compat import (
     PBTHooks,
     checkpoint_exists,
@@ -53,8 +55,6 @@ from pbt_job.training.ray_compat import (
     set_restore_checkpoint,
     stage_for_restart,
 )
-from pbt_job.training.result_keys import yaml_name
-from pbt_job.training.run_files import RunFiles
 
 logger = logging.getLogger(__name__)
 

@@ -1,27 +1,50 @@
-"""pbt-job's own files in the run folder: lineage, PBT state, summary.
+"""The run folder's format: the files pbt-job keeps next to Tune's, written by training, read by report.
 
+A room of its own (no Ray import): training writes through `RunFiles`, and
+`pbt-job report` reads through it without importing anything of `pbt_job.training`.
 Tune's `Tuner.restore` does not restore scheduler state (ray-project/ray#30838),
 so everything PBT and the lineage need to continue after a driver restart lives
-here, next to Tune's files, on the same storage:
+here, next to Tune's files, on the same storage (local or S3, through one pyarrow
+filesystem from `pbt_job.storage`):
 
+* `job_config.json`: the job's configuration as validated (`config_to_dict`),
+  written once when a run starts; report reads `pbt.metric`, `pbt.mode` and
+  `pbt.mutations` from it.
 * `lineage.jsonl`: one JSON object per exploit, append-only in meaning;
   rewritten whole because S3 has no append. One line per exploit, so its line
-  count is the exploit count (`pbt_exploits_total`).
-* `exploit_skips.jsonl`: due exploits that could not happen, with the reason.
-* `pbt_state.jsonl`: per-trial perturbation times and counters (`TrialLedger`),
+  count is the exploit count (`pbt_exploits_total`). Fields: `event: exploit`,
+  `time`, `iteration` (the recipient's), `recipient`, `donor`, `donor_iteration`,
+  `donor_checkpoint`, `pinned_checkpoint`, `recipient_metric`, `donor_metric`,
+  `config_before`, `config_after` (YAML names).
+* `exploit_skips.jsonl`: due exploits that could not happen (`event: skip`,
+  `time`, `iteration`, `recipient`, `reason`).
+* `pbt_state.jsonl`: per-trial ledgers (`TrialLedger`) and the run's `wall_time_s`,
   one JSON document on one line. Not `.json`: on restore Tune copies every
   `.json`/`.pkl` of the run folder into its staging folder and keeps uploading
   those stale copies back over the originals.
-* `summary.json`: written at the end.
+* `summary.json`: written at the end: `metric`, `mode`, `best_trial`, `best_metric`,
+  `best_hyperparameters`, `best_checkpoint`, `exploits`, `skipped_exploits`,
+  `env_steps_total`, `wall_time_s`, `env_steps_per_s`, `trials` (per trial:
+  `iteration`, `metric`, `env_steps_total`, `hyperparameters`), `errors`.
+* `best/<policy>/`: the best trial's RLModules, written at the end.
+* `<trial folder>/result.json`: Tune's, one JSON line per iteration (`RESULT_FILE`).
 
 Files are untrusted input: a corrupt line or document is skipped with a warning,
 never executed (JSON only, no pickle).
+
+Caching: a writer `RunFiles` (the default) reads each file once, on first use, then
+keeps it in memory and writes it whole: the run has one writer, the driver (its
+scheduler and callbacks share one `RunFiles`), so its memory is what storage holds.
+A reader (`writer=False`: `pbt-job report`, or any process beside a running
+driver) caches nothing: every call reads storage again and sees the lines the
+writer added since; it cannot write.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
@@ -36,6 +59,9 @@ LINEAGE_FILE = "lineage.jsonl"
 SKIPS_FILE = "exploit_skips.jsonl"
 STATE_FILE = "pbt_state.jsonl"
 SUMMARY_FILE = "summary.json"
+JOB_CONFIG_FILE = "job_config.json"
+RESULT_FILE = "result.json"
+"""Tune's per-trial results, in each trial folder."""
 BEST_DIR = "best"
 
 
@@ -75,6 +101,10 @@ def parse_lineage(text: str, source: str = LINEAGE_FILE) -> list[dict[str, Any]]
     return events
 
 
+class ReadOnlyRunFiles(RuntimeError):
+    """A write through a reader's `RunFiles`."""
+
+
 class RunFiles:
     """Reads and writes pbt-job's files in one run folder.
 
@@ -84,11 +114,15 @@ class RunFiles:
     Args:
         fs_factory: Returns the run's pyarrow filesystem.
         run_path: The run folder's path in that filesystem.
+        writer: True for the run's one writer (the driver): each file is read once and
+            then kept in memory. False for a reader: nothing is kept, every call reads
+            storage (and sees new lines), writes raise `ReadOnlyRunFiles`.
     """
 
-    def __init__(self, fs_factory, run_path: str):
+    def __init__(self, fs_factory, run_path: str, *, writer: bool = True):
         self._fs_factory = fs_factory
         self.run_path = run_path.rstrip("/")
+        self.writer = writer
         self._fs: pyarrow.fs.FileSystem | None = None
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._ledgers: dict[str, TrialLedger] | None = None
@@ -96,10 +130,14 @@ class RunFiles:
         self._session_start = time.time()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_fs_factory": self._fs_factory, "run_path": self.run_path}
+        return {"_fs_factory": self._fs_factory, "run_path": self.run_path, "writer": self.writer}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["_fs_factory"], state["run_path"])
+        self.__init__(state["_fs_factory"], state["run_path"], writer=state.get("writer", True))
+
+    def _check_writer(self, what: str) -> None:
+        if not self.writer:
+            raise ReadOnlyRunFiles(f"{self.run_path}: {what} through a reader's RunFiles (writer=False)")
 
     @property
     def fs(self) -> pyarrow.fs.FileSystem:
@@ -119,10 +157,13 @@ class RunFiles:
         return self._read_events(SKIPS_FILE)
 
     def _read_events(self, name: str) -> list[dict[str, Any]]:
-        if name not in self._events:
-            text = read_text(self.fs, self.path(name))
-            self._events[name] = parse_lineage(text, name) if text else []
-        return self._events[name]
+        if name in self._events:
+            return self._events[name]
+        text = read_text(self.fs, self.path(name))
+        events = parse_lineage(text, name) if text else []
+        if self.writer:
+            self._events[name] = events
+        return events
 
     def record(self, event: dict[str, Any]) -> None:
         """Add one exploit (or, for `event: skip`, one skipped exploit).
@@ -132,6 +173,7 @@ class RunFiles:
         and iteration. Within one session two exploits of one recipient may share an
         iteration (a clone can set its iteration count back): both stay.
         """
+        self._check_writer("recording an exploit")
         name = SKIPS_FILE if event.get("event") == "skip" else LINEAGE_FILE
         key = (event["recipient"], event["iteration"])
 
@@ -144,25 +186,39 @@ class RunFiles:
         write_text(self.fs, self.path(name), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
 
     def ledgers(self) -> dict[str, TrialLedger]:
-        """Per-trial ledgers, loaded from `pbt_state.jsonl` on first use."""
-        if self._ledgers is None:
-            self._ledgers = {}
-            for trial_id, fields in ((self.read_json(STATE_FILE) or {}).get("trials") or {}).items():
-                try:
-                    self._ledgers[trial_id] = TrialLedger(**fields)
-                except TypeError:
-                    logger.warning("[state] %s: entry for trial %s skipped: unexpected fields", STATE_FILE, trial_id)
-        return self._ledgers
+        """Per-trial ledgers from `pbt_state.jsonl` (a writer loads them on first use, then keeps its own)."""
+        if self._ledgers is not None:
+            return self._ledgers
+        ledgers = {}
+        trials = (self.read_json(STATE_FILE) or {}).get("trials")
+        for trial_id, fields in (trials.items() if isinstance(trials, dict) else ()):
+            try:
+                ledgers[trial_id] = TrialLedger(**fields)
+            except TypeError:
+                logger.warning("[state] %s: entry for trial %s skipped: unexpected fields", STATE_FILE, trial_id)
+        if self.writer:
+            self._ledgers = ledgers
+        return ledgers
 
     def ledger(self, trial_id: str) -> TrialLedger:
+        """The writer's ledger of `trial_id`, created empty when new."""
+        self._check_writer("keeping a ledger")
         return self.ledgers().setdefault(trial_id, TrialLedger())
 
     def wall_time(self) -> float:
         """Seconds this run has trained, over all driver sessions (this one counted from its start)."""
+        self._check_writer("counting this session's wall time")
         if self._stored_wall_time is None:
             value = (self.read_json(STATE_FILE) or {}).get("wall_time_s", 0.0)
             self._stored_wall_time = float(value) if isinstance(value, (int, float)) else 0.0
         return self._stored_wall_time + time.time() - self._session_start
+
+    def stored_wall_time(self) -> float | None:
+        """`wall_time_s` as `pbt_state.jsonl` holds it (what a reader sees of a run's wall time)."""
+        value = (self.read_json(STATE_FILE) or {}).get("wall_time_s")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        return float(value)
 
     def save_ledgers(self) -> None:
         trials = {trial_id: asdict(ledger) for trial_id, ledger in self.ledgers().items()}
@@ -183,4 +239,5 @@ class RunFiles:
         return data
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
+        self._check_writer(f"writing {name}")
         write_text(self.fs, self.path(name), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
