@@ -21,6 +21,7 @@ from conftest import REPO, free_port
 from pbt_job import metrics
 from pbt_job.run_folder import RunFiles, parse_lineage
 from pbt_job.storage import parse_storage_uri
+from pbt_job.training.algorithm import ENDED_AT_KEY
 from pbt_job.training.config import load_config
 from pbt_job.training.live_metrics import LiveMetrics
 from pbt_job.training.run import train
@@ -133,15 +134,15 @@ def test_a_real_run_is_visible_live_on_metrics(ray_start_2_cpus, tmp_path):
 def exploits_followed_by_a_result(run: Path, lineage: list[dict]) -> int:
     """Exploits whose recipient reported a result after them, counted from the trials' `result.json`.
 
-    Tune's `timestamp` is whole seconds: the result an exploit was decided on has one no
-    later than the decision, and the recipient's next result, produced after a restore
-    and a whole iteration (seconds here), has a later one.
+    The result an exploit was decided on ended before the decision, the recipient's
+    next one after it (`iteration_ended_at`; Tune's `timestamp` is whole seconds, too
+    coarse for an in-place exploit plus one short iteration).
     """
-    reported: dict[str, list[int]] = {}
+    reported: dict[str, list[float]] = {}
     for result_file in run.glob("*/result.json"):
         for line in result_file.read_text().splitlines():
             result = json.loads(line)
-            reported.setdefault(result["trial_id"], []).append(result["timestamp"])
+            reported.setdefault(result["trial_id"], []).append(result[ENDED_AT_KEY])
     return sum(any(t > event["time"] for t in reported.get(event["recipient"], [])) for event in lineage)
 
 

@@ -13,7 +13,7 @@ from ray.tune.schedulers import PopulationBasedTraining
 from conftest import REPO, list_keys, read_object
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri
-from pbt_job.training.algorithm import PBTPPO, RESTORED_KEY, weights_digest
+from pbt_job.training.algorithm import ENDED_AT_KEY, PBTPPO, RESTORED_KEY, weights_digest
 from pbt_job.training.config import load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
 from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
@@ -36,11 +36,13 @@ def restored_results(results: list[dict]) -> list[dict]:
 
 
 def clone_result(results: list[dict], event: dict) -> dict | None:
-    """The recipient's first result after the exploit: restored after the event, with the explored config."""
+    """The recipient's first result after the exploit: restored, its iteration ended after the
+    decision (to the microsecond: Tune's `timestamp` is whole seconds, so a result of the same
+    second as the exploit used to match either side of it), with the explored config."""
     after = event["config_after"]
     return next(
-        (r for r in restored_results(results)
-         if r["timestamp"] >= int(event["time"]) and all(r["config"][k] == pytest.approx(v) for k, v in after.items())),
+        (r for r in sorted(restored_results(results), key=lambda r: r[ENDED_AT_KEY])
+         if r[ENDED_AT_KEY] > event["time"] and all(r["config"][k] == pytest.approx(v) for k, v in after.items())),
         None,
     )
 
@@ -178,7 +180,7 @@ def test_pb2_scheduler_explores_within_the_domains(ray_start_2_cpus, tmp_path):
     Plain PBT would pass this too; what only PB2 does (a GP-bandit proposal) is
     `test_scheduler.py::test_pb2_explores_where_its_gp_expects_the_most_gain_not_by_perturbing`.
     """
-    job = load_config(TINY, ["pbt.scheduler=pb2"])
+    job = load_config(TINY, ["pbt.scheduler=pb2", "stop.training_iteration=10"])  # 4 perturbation rounds: exploits are sure
     outcome = train(job, parse_storage_uri(str(tmp_path)), "pb2", resume="never")
     assert outcome.errors == 0
     exploits = [e for e in parse_lineage((tmp_path / "pb2" / "lineage.jsonl").read_text()) if e["event"] == "exploit"]
