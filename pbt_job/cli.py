@@ -1,7 +1,8 @@
 """`pbt-job`: train a PBT population, validate a config, report on a run.
 
 Exit codes: 0 success; 2 bad input (config, flags, storage unreachable, hung or
-refusing the credentials), with one line naming the field or the fix; 1 training failed.
+refusing the credentials, a resume with another configuration), with one line naming
+the field or the fix; 1 training failed.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a population (or resume one)")
     train.add_argument("--config", required=True, help="YAML job configuration (see configs/)")
     train.add_argument("--storage", default="./runs", help="a folder or s3://bucket/prefix (default ./runs)")
-    train.add_argument("--name", help="run name (default: the config's name)")
+    train.add_argument("--name", help="run name, taken verbatim: the run folder (default: the config's name)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--metrics-port", type=int, help="Prometheus exporter port (0 disables)")
     train.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
@@ -52,11 +53,9 @@ def _load(args: argparse.Namespace):
     from pbt_job.training.config import load_config
 
     overrides = list(args.set)
-    if getattr(args, "name", None):
-        overrides.append(f"name={args.name}")
     if getattr(args, "metrics_port", None) is not None:
         overrides.append(f"metrics_port={args.metrics_port}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, name=getattr(args, "name", None))
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -98,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
         if job.metrics_port:
             server = stack.enter_context(metrics.serve(job.metrics_port))
             print(f"metrics: http://localhost:{server.port}/metrics")
-        check_storage(location)  # before Ray's imports: bad storage answers in a second, not ten
+        check_storage(location)  # the run's one check, before Ray's imports: bad storage answers in a second, not ten
         from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
         outcome = train(job, location, job.name, resume=args.resume, progress_reporter=_progress_reporter(job))
     summary = outcome.summary

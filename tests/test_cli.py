@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,7 +93,8 @@ CONFIG_CASES = {
     "set-bad-value": ("{}\n", ["--set", "env.max_steps=-3"], ["env.max_steps"]),
     "metrics-port-range": ("{}\n", ["--metrics-port", "70000"], ["metrics_port"]),
     "odd-window": ("env: {obs_range_prey: 8}\n", [], ["obs_range_prey", "odd"]),
-    "name-with-slash": ("{}\n", ["--name", "../elsewhere"], ["name", "pattern"]),
+    "name-with-slash": ("{}\n", ["--name", "../elsewhere"], ["--name '../elsewhere'", "not a run-folder name"]),
+    "name-with-space": ("{}\n", ["--name", "a b"], ["--name 'a b'", "not a run-folder name"]),
 }
 
 
@@ -145,3 +147,59 @@ def test_a_throttling_endpoint_is_called_unavailable_not_misconfigured(slow_down
     env = {"AWS_ENDPOINT_URL": slow_down_endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example"}
     proc = run_cli("validate", "--config", str(TINY), "--storage", "s3://pbt-busy/runs", env=env, timeout=40)
     assert_bad_input(proc, slow_down_endpoint, "unavailable now", "503", "try again later")
+
+
+@pytest.mark.parametrize("name", ["2024", "yes", "1e3", "null"])
+def test_name_is_taken_verbatim_not_as_yaml(tmp_path, name):
+    """`--name 2024` names the folder `2024` (the flag is not YAML): here `--resume must` then finds no run there."""
+    proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path), "--name", name, "--resume", "must", timeout=120)
+    assert_bad_input(proc, "--resume must", f"{tmp_path}/{name} holds no run")
+
+
+def test_a_bad_name_blames_the_flag_not_the_file(tmp_path):
+    proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path), "--name", ".hidden", timeout=60)
+    assert_bad_input(proc, "--name '.hidden'", "starting with a letter or digit")
+    assert "tiny.yaml" not in proc.stderr and not any(tmp_path.iterdir())
+
+
+def stored_run(root, config: str = str(TINY)):
+    """A run folder as `train` leaves it for a resume: its `job_config.json` and Tune's `tuner.pkl`."""
+    from pbt_job.training.config import config_to_dict, load_config
+
+    run = root / "tiny"
+    run.mkdir(parents=True)
+    (run / "job_config.json").write_text(json.dumps(config_to_dict(load_config(config))))
+    (run / "tuner.pkl").write_bytes(b"Tune's pickled run: never reached by a refused resume")
+    return run
+
+
+@pytest.mark.parametrize("resume", ["auto", "must"])
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["pbt.population=3", "pbt.metric=env_runners/episode_return_mean"], ["pbt.metric", "pbt.population"]),
+        (["pbt.mutations.gamma={type: uniform, low: 0.9, high: 0.99}"], ["pbt.mutations.gamma.low"]),
+        (["stop.training_iteration=12"], ["stop.training_iteration"]),
+    ],
+    ids=["population-and-metric", "mutation", "stop"],
+)
+def test_a_resume_with_another_configuration_exits_2_naming_the_keys(tmp_path, resume, overrides, keys):
+    """Tune would restore its pickled scheduler and stop criteria while pbt-job used the new values: refused,
+    before Ray starts, the run untouched."""
+    run = stored_run(tmp_path)
+    before = tree(run)
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path), "--resume", resume, *sets, timeout=120)
+    assert_bad_input(proc, "a resume cannot change", *keys, "--name NEW")
+    assert tree(run) == before
+
+
+def test_storage_is_checked_once_per_start(tmp_path, monkeypatch):
+    """One probe write per `pbt-job train`, before Ray loads (here `--resume must` stops it right after)."""
+    from pbt_job import cli, storage
+
+    probes = []
+    check_local = storage._check_local
+    monkeypatch.setattr(storage, "_check_local", lambda location: probes.append(location) or check_local(location))
+    assert cli.main(["train", "--config", str(TINY), "--storage", str(tmp_path), "--resume", "must"]) == 2
+    assert len(probes) == 1

@@ -123,7 +123,7 @@ def test_a_real_run_is_visible_live_on_metrics(ray_start_2_cpus, tmp_path):
 
     # A new driver session (a resume) continues the counters from the stored totals.
     with metrics.serve(0, host="127.0.0.1") as resumed:
-        LiveMetrics(RunFiles(partial(pyarrow.fs.LocalFileSystem), str(run)), job.pbt.metric, job.pbt.mode, []).setup()
+        LiveMetrics(RunFiles(partial(pyarrow.fs.LocalFileSystem), str(run)), job.pbt.mode, []).setup()
         again = scrape(resumed.port)
     assert by_label(again["pbt_env_steps"], "pbt_env_steps_total", "trial") == by_label(
         final["pbt_env_steps"], "pbt_env_steps_total", "trial"
@@ -158,7 +158,7 @@ def test_exploits_are_timed_once_from_the_decision_to_the_recipients_next_result
     (tmp_path / "lineage.jsonl").write_text(json.dumps({"recipient": "t0", "iteration": 1, "time": time.time() - 60}) + "\n")
     t0, t1 = SimpleNamespace(trial_id="t0", config={}), SimpleNamespace(trial_id="t1", config={})
     with metrics.serve(0, host="127.0.0.1") as server:
-        callback = LiveMetrics(files, "pbt_score", "max", [])
+        callback = LiveMetrics(files, "max", [])
         callback.setup()
         registry = server.metrics.registry
 
@@ -184,7 +184,7 @@ def test_exploits_are_timed_once_from_the_decision_to_the_recipients_next_result
 def test_without_an_exporter_the_callback_does_nothing(tmp_path):
     """`metrics_port: 0`: no server, and the run's callback publishes nowhere without failing."""
     assert metrics.active() is None
-    LiveMetrics(RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path)), "pbt_score", "max", []).setup()
+    LiveMetrics(RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path)), "max", []).setup()
     assert not any(tmp_path.iterdir())
 
 

@@ -170,3 +170,20 @@ def test_private_train_batch_key():
     assert key == "_train_batch_size_per_learner"
     assert PPOConfig().training(train_batch_size_per_learner=333).to_dict()[key] == 333
     assert PPOConfig().update_from_dict({key: 77}).train_batch_size_per_learner == 77
+
+
+def test_trial_index_from_trial_info(tmp_path):
+    """Tune constructs a trainable with `_TrialInfo` under `TRIAL_INFO`, popped by `Trainable.__init__`;
+    `BasicVariantGenerator` names its trials in creation order, `<prefix>_00000`, `<prefix>_00001`, ..."""
+    from ray.tune.experiment.trial import _TrialInfo
+    from ray.tune.result import TRIAL_INFO
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.trainable import Trainable
+
+    assert "config.pop(TRIAL_INFO" in inspect.getsource(Trainable.__init__)
+    sampler = BasicVariantGenerator()
+    sampler.add_configurations({"x": {"run": PBTPPO, "config": {"a": 1}, "num_samples": 3, "storage_path": str(tmp_path)}})
+    trials = [sampler.next_trial() for _ in range(3)]
+    assert [ray_compat.trial_index({TRIAL_INFO: _TrialInfo(trial)}) for trial in trials] == [0, 1, 2]
+    assert ray_compat.trial_index({"a": 1}) is None
+    assert ray_compat.trial_index({TRIAL_INFO: type("Info", (), {"trial_id": "custom-name"})()}) is None

@@ -13,10 +13,10 @@ from ray.tune.schedulers import PopulationBasedTraining
 from conftest import REPO, list_keys, read_object
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri
-from pbt_job.training.algorithm import ENDED_AT_KEY, PBTPPO, RESTORED_KEY, weights_digest
+from pbt_job.training.algorithm import ENDED_AT_KEY, PBTPPO, RESTORED_KEY, SEED_KEY, weights_digest
 from pbt_job.training.config import load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
-from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
+from pbt_job.training.run import MODULES_IN_CHECKPOINT, initial_sampler, param_space, train
 from pbt_job.training.scheduler import PIN_DIR
 
 TINY = REPO / "tests" / "data" / "tiny.yaml"
@@ -24,6 +24,13 @@ LR_CHOICES = [1e-3, 5e-4, 1e-4]
 ENTROPY_CHOICES = [0.0, 1e-3, 5e-3]
 
 pytestmark = pytest.mark.slow
+
+
+def initial_draws(job, n: int, storage: Path) -> list[dict]:
+    """The first `n` configs `train`'s seeded sampler draws, in trial order (no training)."""
+    sampler = initial_sampler(job)
+    sampler.add_configurations({"draw": {"run": PBTPPO, "config": param_space(job), "num_samples": n, "storage_path": str(storage)}})
+    return [sampler.next_trial().config for _ in range(n)]
 
 
 def results_of(text: str) -> list[dict]:
@@ -77,6 +84,8 @@ def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
        loaded modules == digest of the donor checkpoint's modules) with its own lr,
        entropy and clip coefficients.
     4. summary.json and best/<policy>/ are written.
+    5. Seeds: trial i started from the i-th config `pbt.seed` draws, with RLlib seed
+       `pbt.seed + i`; Tune's own pbt_global.txt / pbt_policy_*.txt are not written.
     """
     job = load_config(TINY, ["checkpoints.num_to_keep=null", "stop.training_iteration=10"])
     outcome = train(job, parse_storage_uri(str(tmp_path)), "local", resume="never")
@@ -105,6 +114,13 @@ def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
     assert summary["env_steps_total"] >= 2 * 10 * 128
     assert set(summary["best_hyperparameters"]) == {"lr", "clip_param", "entropy_coeff"}
     assert sorted(p.name for p in (run / "best").iterdir() if p.is_dir()) == sorted(job.env.policies)
+
+    mutated = ("lr", "clip_param", "entropy_coeff")
+    draws = initial_draws(job, job.pbt.population, tmp_path / "draws")
+    firsts = sorted((r[0] for r in results.values()), key=lambda r: r["trial_id"])  # ids end in the trial index
+    assert [{k: r["config"][k] for k in mutated} for r in firsts] == [{k: d[k] for k in mutated} for d in draws]
+    assert [r[SEED_KEY] for r in firsts] == [job.pbt.seed + i for i in range(job.pbt.population)]
+    assert not [p.name for p in run.rglob("pbt_*.txt")], "Tune's PBT logs repeat lineage.jsonl"
 
 
 def test_s3_run_with_small_retention_never_loses_a_donor_checkpoint(ray_start_2_cpus, bucket):

@@ -13,7 +13,7 @@ from conftest import REPO
 from pbt_job.result_keys import tune_key
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import parse_storage_uri
-from pbt_job.training.algorithm import ENDED_AT_KEY, IN_PLACE_KEYS, PBTPPO, RESTORED_KEY, weights_digest
+from pbt_job.training.algorithm import ENDED_AT_KEY, IN_PLACE_KEYS, PBTPPO, RESTORED_KEY, SEED_KEY, weights_digest
 from pbt_job.training.config import ConfigError, load_config
 from pbt_job.training.ray_compat import learner_connector
 from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
@@ -140,8 +140,9 @@ def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fres
     1. Exploits happen; no trial ever gets a new actor after the first two: every
        result comes from one of two processes.
     2. The third trial starts on the actor a paused recipient left: its first result
-       trains the initial weights (digest of a fresh member's modules), not the
-       previous trial's.
+       trains the initial weights (digest of a fresh member's modules, seeded with the
+       `rllib_seed` it reports: that of the actor's first trial), not the previous
+       trial's trained ones.
     3. Each recipient's first result after its exploit trains the donor's weights
        with its own explored lr, entropy and clip (see test_training_pbt).
     4. The result an exploit was decided on stays in the recipient's result.json.
@@ -159,12 +160,13 @@ def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fres
     for event in exploits:  # Tune's loggers replaced result.json by the lagging stored copy at each restart
         assert any(r["training_iteration"] == event["iteration"] for r in results[event["recipient"]]), event
 
-    fresh = PBTPPO(config=trial_config(job))
+    late_starter = next(lines for lines in results.values() if RESTORED_KEY in lines[0])
+    assert late_starter[0]["training_iteration"] == 1
+    assert late_starter[0][SEED_KEY] in {r[SEED_KEY] for t, lines in results.items() if lines is not late_starter for r in lines}
+    fresh = PBTPPO(config={**trial_config(job), "seed": late_starter[0][SEED_KEY]})  # the actor's first trial's seed
     fresh.save_to_path(str(tmp_path / "fresh"))
     fresh.stop()
     initial = {p: weights_digest(RLModule.from_checkpoint(tmp_path / "fresh" / MODULES_IN_CHECKPOINT / p)) for p in job.env.policies}
-    late_starter = next(lines for lines in results.values() if RESTORED_KEY in lines[0])
-    assert late_starter[0]["training_iteration"] == 1
     assert {p: v["weights_sha256"] for p, v in late_starter[0][RESTORED_KEY].items()} == initial
 
     for event in exploits:

@@ -239,3 +239,92 @@ def test_a_trial_reserves_the_cpus_its_config_asks_for(config, cpus):
     job = load_config(REPO / "configs" / f"{config}.yaml")
     request = PBTPPO.default_resource_request(build_ppo_config(job))
     assert request.required_resources["CPU"] == pytest.approx(cpus)
+
+
+def test_one_seed_draws_the_same_initial_population_and_another_seed_does_not(tmp_path):
+    """`initial_sampler` is the search algorithm `train` gives Tune: trial by trial, one seed, one population."""
+    from pbt_job.training.algorithm import PBTPPO
+    from pbt_job.training.run import initial_sampler, param_space
+
+    def draws(seed: int) -> list[dict]:
+        job = load_config(REPO / "tests" / "data" / "tiny.yaml", [f"pbt.seed={seed}", "pbt.population=4"])
+        sampler = initial_sampler(job)
+        sampler.add_configurations(
+            {"x": {"run": PBTPPO, "config": param_space(job), "num_samples": 4, "storage_path": str(tmp_path)}}
+        )
+        configs = [sampler.next_trial().config for _ in range(4)]
+        return [{k: c[k] for k in ("lr", "clip_param", "entropy_coeff")} for c in configs]
+
+    first = draws(7)
+    assert draws(7) == first
+    assert draws(8) != first
+    assert len({c["clip_param"] for c in first}) == 4, "trials of one run still differ"
+
+
+def test_a_resume_refuses_what_tune_restores_as_stored_and_applies_the_metrics_port():
+    from pbt_job.training.config import config_to_dict, resume_changes
+
+    tiny = REPO / "tests" / "data" / "tiny.yaml"
+    stored = config_to_dict(load_config(tiny))
+    assert resume_changes(stored, config_to_dict(load_config(tiny))) == ([], [])
+    changed = load_config(tiny, [
+        "pbt.population=3", "pbt.metric=env_runners/episode_return_mean", "stop.training_iteration=9",
+        "pbt.mutations.gamma={type: uniform, low: 0.9, high: 0.99}", "metrics_port=9500",
+    ], name="elsewhere")
+    refused, applied = resume_changes(stored, config_to_dict(changed))
+    assert refused == [
+        "pbt.metric", "pbt.mutations.gamma.high", "pbt.mutations.gamma.low", "pbt.mutations.gamma.type",
+        "pbt.mutations.gamma.values", "pbt.population", "stop.training_iteration",
+    ]
+    assert applied == ["metrics_port"]
+
+
+def test_the_run_recorder_and_live_metrics_read_each_result_key_once(tmp_path):
+    """Tune hands both callbacks the same result; what the recorder reads, the exporter takes from its ledger."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from pbt_job import metrics
+    from pbt_job.training.live_metrics import LiveMetrics
+    from pbt_job.training.run import RunRecorder
+    from pbt_job.run_folder import RunFiles
+
+    reads: dict[str, int] = {}
+
+    class CountingDict(dict):
+        """Counts each read of a leaf value by its path (`env_runners/num_env_steps_sampled`)."""
+
+        def __init__(self, data: dict, prefix: str = ""):
+            super().__init__(data)
+            self.prefix = prefix
+
+        def get(self, key, default=None):
+            if not super().__contains__(key):
+                return default
+            value = super().__getitem__(key)
+            if isinstance(value, dict):
+                return CountingDict(value, f"{self.prefix}{key}/")
+            reads[self.prefix + key] = reads.get(self.prefix + key, 0) + 1
+            return value
+
+        __getitem__ = get
+
+    files = RunFiles(partial(pyarrow.fs.LocalFileSystem), str(tmp_path))
+    trial = SimpleNamespace(trial_id="t0", config={"lr": 1e-3})
+    result = CountingDict({
+        "training_iteration": 3, "iterations_since_restore": 3, "time_this_iter_s": 1.5, "pbt_score": 2.0,
+        "env_runners": {"num_env_steps_sampled": 100, "module_episode_returns_mean": {"prey": 1.0}},
+    })
+    with metrics.serve(0, host="127.0.0.1") as server:
+        live = LiveMetrics(files, "max", ["lr"])
+        live.setup()
+        for callback in (RunRecorder(files, "pbt_score", ["lr"]), live):
+            callback.on_trial_result(0, [trial], trial, result)
+        registry = server.metrics.registry
+        assert registry.get_sample_value("pbt_trial_metric", {"trial": "t0"}) == 2.0
+        assert registry.get_sample_value("pbt_trial_iteration", {"trial": "t0"}) == 3
+        assert registry.get_sample_value("pbt_trial_hyperparameter", {"trial": "t0", "name": "lr"}) == 1e-3
+    twice = {key: n for key, n in reads.items() if n > 1}
+    assert not twice, f"read by both callbacks: {twice}"

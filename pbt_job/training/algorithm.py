@@ -13,8 +13,12 @@
   donor's optimizer state, param_groups' lr included, and RLlib only resets the lr
   after the next full update: the recipient's first iteration would train with the
   donor's lr (ray-project/ray#62173; related #54755, #53831).
-* A reused actor that starts a new trial without a checkpoint (a population larger
-  than the cluster runs at once) first returns to the state it had after `setup`.
+* Each trial gets its own RLlib seed, `pbt.seed` + its index (0-based, in creation
+  order), set before `setup`; Tune's config keeps `pbt.seed` for every trial, so
+  configs stay comparable for a reuse. A reused actor that starts a new trial without
+  a checkpoint (a population larger than the cluster runs at once) first returns to
+  the state it had after `setup`: that trial starts from the initial weights of the
+  actor's first trial, whose seed it reports (`rllib_seed`).
 * Each result carries `pbt_score` (see `score.py`), defined from the first iteration.
 * Each result carries env and agent steps per second, and the duration and size
   of the checkpoints saved since the previous result (Tune saves between results;
@@ -47,7 +51,7 @@ from pbt_job.result_keys import SCORE_KEY, tune_key
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, JobConfig
 from pbt_job.training.model import module_spec
-from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr
+from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr, trial_index
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
 
@@ -58,6 +62,8 @@ ENV_STEPS_PER_S_KEY = "env_steps_per_s"
 AGENT_STEPS_PER_S_KEY = "agent_steps_per_s"
 ENDED_AT_KEY = "iteration_ended_at"
 """Epoch seconds (float) when the iteration ended: Tune's `timestamp` is whole seconds."""
+SEED_KEY = "rllib_seed"
+"""The RLlib seed the trial's weights were initialised with."""
 CHECKPOINTS_KEY = "checkpoints_saved"
 """Per checkpoint saved since the previous result: `[seconds to save and persist, bytes]`."""
 
@@ -183,6 +189,9 @@ class PBTPPO(PPO):
         # Tune's config dict as given: what a reuse compares (the AlgorithmConfig built from
         # it gains values resolved at setup, such as `simple_optimizer`).
         self._tune_config = _comparable(config) if isinstance(config, dict) else {}
+        index = trial_index(config)
+        if index is not None and config.get("seed") is not None:
+            config = {**config, "seed": int(config["seed"]) + index}
         super().__init__(config=config, **kwargs)
 
     def setup(self, config: Any) -> None:
@@ -265,6 +274,7 @@ class PBTPPO(PPO):
         result[AGENT_STEPS_PER_S_KEY] = sum((env_runners.get("num_module_steps_sampled") or {}).values()) / seconds
         result[CHECKPOINTS_KEY], self._checkpoints_saved = self._checkpoints_saved, []
         result[ENDED_AT_KEY] = time.time()
+        result[SEED_KEY] = self._config_in_force.seed
         if self._hyperparameters_after_restore is not None:
             result[RESTORED_KEY] = self._hyperparameters_after_restore
             self._hyperparameters_after_restore = None

@@ -20,6 +20,8 @@ from pbt_job.errors import BadInput
 from pbt_job.result_keys import SCORE_KEY
 
 DEFAULT_METRICS_PORT = 9464
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+"""A run name is a folder name: 1-63 letters, digits, `_`, `.`, `-`, starting with a letter or digit."""
 """Clear of Ray's metrics (8080) and node-exporter (9100)."""
 
 
@@ -138,7 +140,9 @@ class PBTConfig(_Frozen):
     min_epochs: int = Field(1, ge=1, description="Explore keeps num_epochs >= this.")
     max_epochs: int = Field(30, ge=1, description="Explore keeps num_epochs <= this.")
     synch: bool = Field(False, description="Synchronous PBT (waits for the whole population; fragile on failure).")
-    seed: int = Field(0, description="Seed of the population's sampling and of every trial.")
+    seed: int = Field(
+        0, description="Seeds the initial sampling and explore/exploit; trial i (0-based) gets RLlib seed `seed + i`."
+    )
 
     @model_validator(mode="after")
     def _check_mutations(self) -> PBTConfig:
@@ -199,7 +203,7 @@ class CheckpointsConfig(_Frozen):
 class JobConfig(_Frozen):
     """One pbt-job run."""
 
-    name: str = Field("pbt-predpreygrass", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Run name.")
+    name: str = Field("pbt-predpreygrass", pattern=RUN_NAME_PATTERN, description="Run name (the run folder's name).")
     env: EnvConfig = Field(default_factory=EnvConfig, description="The game.")
     ppo: PPOSettings = Field(default_factory=PPOSettings, description="PPO hyperparameters.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Per-trial resources.")
@@ -310,13 +314,35 @@ def _check_override_keys(overrides: dict[str, Any], model: type[BaseModel], pref
             _check_override_keys(value, annotation, f"{prefix}{key}.")
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
+def check_run_name(name: str, flag: str = "--name") -> str:
+    """`name` verbatim if it is a usable run-folder name.
+
+    Raises:
+        ConfigError: naming `flag`, the value and the rule.
+    """
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise ConfigError(
+            f"{flag} {name!r}: not a run-folder name; use 1-63 letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit (pattern {RUN_NAME_PATTERN})"
+        )
+    return name
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, name: str | None = None) -> JobConfig:
     """Read a YAML file (or the defaults when `path` is None) and apply `--set` overrides.
+
+    Args:
+        path: The YAML file.
+        overrides: `--set KEY=VALUE` pairs (values are YAML).
+        name: `--name`, taken verbatim (not YAML: `--name 2024` is the string "2024");
+            it replaces the file's `name`.
 
     Raises:
         ConfigError: the file is missing or malformed, or a field is invalid; the
-            message names the file and the field.
+            message names the file and the field (or the flag).
     """
+    if name is not None:
+        check_run_name(name)
     source = "defaults"
     data: Any = {}
     if path is not None:
@@ -335,8 +361,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: the top level must be a mapping of sections (env, ppo, pbt, ...)")
     extra = parse_overrides(overrides or [])
     _check_override_keys(extra, JobConfig)
+    merged = _merge(data, extra)
+    if name is not None:
+        merged["name"] = name
     try:
-        return JobConfig.model_validate(_merge(data, extra))
+        return JobConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(f"{source}: {_format_validation_error(err)}") from None
 
@@ -345,3 +374,41 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
     """JSON-safe dict of the whole configuration (YAML names)."""
     return cfg.model_dump(mode="json", by_alias=True)
 
+
+
+RESUME_APPLIED = ("metrics_port",)
+"""Keys a resume may change: the exporter is the driver's own, not part of Tune's stored state."""
+RESUME_IGNORED = ("name",)
+"""Keys a resume does not compare: the name is the run folder itself."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def resume_changes(stored: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Compare a run's stored `job_config.json` with the configuration a resume was given.
+
+    Both are `config_to_dict` output. Tune restores its pickled scheduler, search space,
+    stop criteria and checkpoint settings with the run; only keys outside that state can
+    change.
+
+    Returns:
+        `(refused, applied)`: dotted keys that differ, split into those a resume cannot
+        honour (anything but `RESUME_APPLIED`, `stop.*` included) and those it applies.
+    """
+    old, now = _flatten(stored), _flatten(new)
+    changed = sorted(
+        key for key in old.keys() | now.keys()
+        if key.split(".")[0] not in RESUME_IGNORED and old.get(key, _MISSING) != now.get(key, _MISSING)
+    )
+    applied = [key for key in changed if key.split(".")[0] in RESUME_APPLIED]
+    return [key for key in changed if key not in applied], applied
+
+
+_MISSING = object()

@@ -4,7 +4,9 @@ It keeps no exporter of its own (see `pbt_job.metrics`): Tune pickles it with th
 run, and a resumed driver must report to the server *it* started. Totals that must
 survive a resume (env steps, exploits) come from the run's own files, which the
 `RunRecorder` and the scheduler keep (both run before this callback: Tune calls
-the scheduler first, then callbacks in list order).
+the scheduler first, then callbacks in list order). What the `RunRecorder` reads
+from a result (iteration, metric, hyperparameters, env steps) is taken from its
+ledger, not parsed a second time; this callback reads only the rest.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from ray import tune
 
 from pbt_job import metrics
-from pbt_job.result_keys import metric_value, yaml_name
+from pbt_job.result_keys import yaml_name
 from pbt_job.run_folder import RunFiles
 from pbt_job.training.algorithm import AGENT_STEPS_PER_S_KEY, CHECKPOINTS_KEY, ENV_STEPS_PER_S_KEY
 
@@ -53,15 +55,13 @@ class LiveMetrics(tune.Callback):
     """Publishes each trial result, trial states, the exploit count and exploit times to the active exporter.
 
     Args:
-        run_files: The run's files (ledgers for env-step totals, lineage for exploits).
-        metric: The PBT metric (a `/`-separated result key).
+        run_files: The run's files (ledgers for what the `RunRecorder` read, lineage for exploits).
         mode: "max" or "min": which end is the best metric.
         mutated: Tune keys of the mutated hyperparameters.
     """
 
-    def __init__(self, run_files: RunFiles, metric: str, mode: str, mutated: list[str]):
+    def __init__(self, run_files: RunFiles, mode: str, mutated: list[str]):
         self.run_files = run_files
-        self.metric = metric
         self.best_is_max = mode == "max"
         self.mutated = mutated
         self._exploit_timer = ExploitTimer(time.time())
@@ -85,22 +85,22 @@ class LiveMetrics(tune.Callback):
         exporter = metrics.active()
         if exporter is None:
             return
-        env_runners = result.get("env_runners", {})
+        ledger = self.run_files.ledger(trial.trial_id)  # the RunRecorder has just read this result into it
         exporter.observe(
             trial.trial_id,
             metrics.TrialSample(
-                iteration=int(result.get("training_iteration", 0)),
+                iteration=ledger.iteration,
                 iteration_seconds=float(result.get("time_this_iter_s", 0.0)),
                 env_steps_per_s=float(result.get(ENV_STEPS_PER_S_KEY, 0.0)),
                 agent_steps_per_s=float(result.get(AGENT_STEPS_PER_S_KEY, 0.0)),
-                env_steps_total=self.run_files.ledger(trial.trial_id).env_steps_total,
-                metric=metric_value(result, self.metric),
+                env_steps_total=ledger.env_steps_total,
+                metric=ledger.metric,
                 policy_returns={
                     policy: float(value)
-                    for policy, value in (env_runners.get("module_episode_returns_mean") or {}).items()
+                    for policy, value in (result.get("env_runners", {}).get("module_episode_returns_mean") or {}).items()
                     if isinstance(value, (int, float)) and math.isfinite(value)
                 },
-                hyperparameters=self._hyperparameters(trial),
+                hyperparameters=_numbers(ledger.config),
             ),
             self.best_is_max,
         )
@@ -122,5 +122,8 @@ class LiveMetrics(tune.Callback):
             exporter.set_hyperparameters(trial.trial_id, self._hyperparameters(trial))
 
     def _hyperparameters(self, trial) -> dict[str, float]:
-        values = {yaml_name(key): trial.config.get(key) for key in self.mutated}
-        return {name: float(value) for name, value in values.items() if isinstance(value, (int, float))}
+        return _numbers({yaml_name(key): trial.config.get(key) for key in self.mutated})
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in values.items() if isinstance(value, (int, float))}

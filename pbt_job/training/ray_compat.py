@@ -27,6 +27,7 @@ from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
 from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
 from ray.tune import Checkpoint
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.result import TRIAL_INFO
 
 from pbt_job.errors import BadInput
 
@@ -205,6 +206,27 @@ class ResultLog(_KeepLocalLog, JsonLoggerCallback):
 
 class ProgressLog(_KeepLocalLog, CSVLoggerCallback):
     """Tune's `progress.csv` logger, without losing lines at restarts (see `_KeepLocalLog`)."""
+
+
+# --- Ray Tune's Trainable -----------------------------------------------------------------
+
+
+def trial_index(config: Any) -> int | None:
+    """The trial's creation index, from `config["__trial_info__"].trial_id` (`_TrialInfo`), before `Trainable.__init__`.
+
+    Tune passes a `_TrialInfo` in the config it constructs a trainable with, and
+    `BasicVariantGenerator` names trials `<run prefix>_<index:05d>` (0-based, in creation
+    order; the same ids after a resume). A trial's RLlib seed must be set before
+    `Trainable.__init__` runs `setup`, and the public `Trainable.trial_id` exists only
+    after it; Tune has no public trial index. No upstream issue.
+
+    Returns:
+        The index, or None without trial info (a trainable built outside Tune) or for an
+        id of another form (a search algorithm that names trials otherwise).
+    """
+    info = config.get(TRIAL_INFO) if isinstance(config, dict) else None
+    suffix = str(getattr(info, "trial_id", "")).rpartition("_")[2]
+    return int(suffix) if len(suffix) == 5 and suffix.isdigit() else None
 
 
 # --- RLlib Learner -------------------------------------------------------------------------

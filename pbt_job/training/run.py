@@ -1,8 +1,9 @@
-"""One pbt-job run: storage checks, the Tuner (new or restored), and the run's summary.
+"""One pbt-job run: the Tuner (new or restored), its seeds, and the run's summary.
 
-`train` is what `pbt-job train` calls. It never starts a trial before the storage
-is proven writable, decides between a new run and a resume by `--resume`, and ends
-by writing `summary.json` and the best trial's per-policy weights to `best/`.
+`train` is what `pbt-job train` calls once it has proven the storage writable
+(`check_storage`, before Ray loads). It decides between a new run and a resume by
+`--resume`, refuses a resume whose configuration differs from the stored one, and
+ends by writing `summary.json` and the best trial's per-policy weights to `best/`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any, Literal
 import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.search import BasicVariantGenerator
 
 from pbt_job.errors import BadInput
 from pbt_job.result_keys import metric_value, yaml_name
 from pbt_job.run_folder import BEST_DIR, JOB_CONFIG_FILE, SUMMARY_FILE, RunFiles
-from pbt_job.storage import StorageLocation, StorageOutage, check_storage, filesystem, is_outage
+from pbt_job.storage import StorageLocation, StorageOutage, filesystem, is_outage
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
-from pbt_job.training.config import JobConfig, config_to_dict
+from pbt_job.training.config import JobConfig, config_to_dict, resume_changes
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
 from pbt_job.training.ray_compat import ProgressLog, ResultLog
@@ -78,11 +80,17 @@ def param_space(job: JobConfig) -> dict[str, Any]:
     return space
 
 
+def initial_sampler(job: JobConfig) -> BasicVariantGenerator:
+    """Tune's default search algorithm, seeded: one `pbt.seed` draws the same initial configs, trial by trial."""
+    return BasicVariantGenerator(random_state=job.pbt.seed)
+
+
 def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT | LineagePB2:
     """`pbt.scheduler`: PBT explores by perturbing, PB2 with a GP bandit over each mutation's bounds."""
     pbt = job.pbt
     common = dict(
         run_files=run_files,
+        seed=pbt.seed,
         time_attr="training_iteration",
         metric=pbt.metric,
         mode=pbt.mode,
@@ -90,7 +98,7 @@ def build_scheduler(job: JobConfig, run_files: RunFiles) -> LineagePBT | Lineage
         quantile_fraction=pbt.quantile_fraction,
         custom_explore_fn=explore_fn(pbt),
         synch=pbt.synch,
-        log_config=True,
+        log_config=False,  # lineage.jsonl records every exploit; Tune's pbt_global.txt would repeat it
     )
     if pbt.scheduler == "pb2":
         return LineagePB2(hyperparam_bounds=pb2_bounds(pbt), **common)
@@ -110,11 +118,16 @@ def train(
 ) -> TrainOutcome:
     """Train the population, or continue the run stored under `location/name`.
 
+    The caller has checked `location` (`pbt_job.storage.check_storage`; `pbt-job train`
+    does so before Ray loads). A resume continues with the stored configuration
+    (`job_config.json`); `job` must equal it but for `RESUME_APPLIED` keys. A new run
+    reports with `progress_reporter`; a resumed one with the reporter Tune stored in
+    `tuner.pkl` (the same columns, the configuration being the same).
+
     Raises:
-        StorageError: storage is unreachable or not writable (checked before any trial).
-        ResumeError: `resume` forbids what the run folder holds.
+        ResumeError: `resume` forbids what the run folder holds, or `job` differs from
+            the stored configuration in a key a resume cannot change.
     """
-    check_storage(location)
     storage_path, storage_fs = _tune_storage(location)
     run_path = location.join(name)
     exists = tune.Tuner.can_restore(run_path, storage_filesystem=storage_fs)
@@ -126,6 +139,8 @@ def train(
         raise ResumeError(f"--resume must: {location.display(name)} holds no run to resume")
 
     run_files = RunFiles(partial(filesystem, location), run_path)
+    if exists:
+        _check_resume_config(run_files, job, location.display(name))
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     mutated = list(initial_space(job.pbt))
@@ -138,7 +153,10 @@ def train(
             PBTPPO,
             param_space=param_space(job),
             tune_config=tune.TuneConfig(
-                scheduler=build_scheduler(job, run_files), num_samples=job.pbt.population, reuse_actors=True
+                scheduler=build_scheduler(job, run_files),
+                search_alg=initial_sampler(job),
+                num_samples=job.pbt.population,
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -153,7 +171,7 @@ def train(
                 failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
                 callbacks=[
                     RunRecorder(run_files, job.pbt.metric, mutated),
-                    LiveMetrics(run_files, job.pbt.metric, job.pbt.mode, mutated),
+                    LiveMetrics(run_files, job.pbt.mode, mutated),
                     ResultLog(),
                     ProgressLog(),
                 ],
@@ -170,6 +188,31 @@ def train(
         raise outage from err
     summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode, mutated)
     return TrainOutcome(summary=summary, run_uri=location.display(name), resumed=exists, errors=len(results.errors))
+
+
+def _check_resume_config(run_files: RunFiles, job: JobConfig, where: str) -> None:
+    """Refuse a resume whose configuration differs from the stored one; apply and log the keys it may change.
+
+    Tune restores the run's pickled scheduler, search space, stop criteria and
+    checkpoint settings (`Tuner.restore` takes no new ones), so a changed population,
+    mutation, metric or stop would half apply: refused, naming the keys.
+    """
+    stored = run_files.read_json(JOB_CONFIG_FILE)
+    if stored is None:
+        logger.warning("[resume] %s has no readable %s: the configuration cannot be compared", where, JOB_CONFIG_FILE)
+        return
+    new = config_to_dict(job)
+    refused, applied = resume_changes(stored, new)
+    if refused:
+        raise ResumeError(
+            f"{where} was started with another configuration; a resume cannot change {', '.join(refused)} "
+            f"(Tune restores the run as stored): resume with the stored values ({where}/{JOB_CONFIG_FILE}) "
+            "or start a new run with --name NEW"
+        )
+    if applied:
+        for key in applied:
+            logger.info("[resume] %s: %s -> %s (applied)", key, stored.get(key), new.get(key))
+        run_files.write_json(JOB_CONFIG_FILE, {**stored, **{key: new[key] for key in applied}})
 
 
 def _storage_outage_behind(err: BaseException) -> StorageOutage | None:

@@ -29,11 +29,14 @@ that restart.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import random
 import time
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import pyarrow.fs
 from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
@@ -70,19 +73,37 @@ class _Lineage(PBTHooks):
 
     Args:
         run_files: The run folder's pbt-job files (lineage, state).
+        seed: Seeds the explore/exploit draws (donor choice, perturbations, resampling).
         **kwargs: The scheduler's own arguments.
     """
 
-    def __init__(self, *, run_files: RunFiles, **kwargs: Any):
+    def __init__(self, *, run_files: RunFiles, seed: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.run_files = run_files
         self._pinned: dict[str, bool] = {}
         self._restarting: set[str] = set()
+        self._random_states = random.Random(seed).getstate(), np.random.RandomState(seed).get_state()
+
+    @contextlib.contextmanager
+    def _own_random(self) -> Iterator[None]:
+        """Tune's PBT draws from Python's `random` and numpy's global generator (PB2 too): during the
+        scheduler's decisions those hold the scheduler's own seeded streams, and the driver's (Ray's,
+        Tune's) are put back afterwards untouched."""
+        outer = random.getstate(), np.random.get_state()
+        random.setstate(self._random_states[0])
+        np.random.set_state(self._random_states[1])
+        try:
+            yield
+        finally:
+            self._random_states = random.getstate(), np.random.get_state()
+            random.setstate(outer[0])
+            np.random.set_state(outer[1])
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._release_pin_if_unneeded(tune_controller, trial)
         self._restarting.discard(trial.trial_id)
-        decision = super().on_trial_result(tune_controller, trial, result)
+        with self._own_random():
+            decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.PAUSE and self._only_recipients_wait(tune_controller):
             return TrialScheduler.CONTINUE
         return decision
