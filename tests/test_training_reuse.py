@@ -138,7 +138,7 @@ def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fres
     """Population 3 where only 2 trials fit at once (1 CPU each on 2 CPUs).
 
     1. Exploits happen; no trial ever gets a new actor after the first two: every
-       result comes from one of two processes.
+       result comes from at most two processes.
     2. The third trial starts on the actor a paused recipient left: its first result
        trains the initial weights (digest of a fresh member's modules, seeded with the
        `rllib_seed` it reports: that of the actor's first trial), not the previous
@@ -147,14 +147,14 @@ def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fres
        with its own explored lr, entropy and clip (see test_training_pbt).
     4. The result an exploit was decided on stays in the recipient's result.json.
     """
-    job = load_config(TINY, ["pbt.population=3", "resources.num_cpus_per_trial=1", "stop.training_iteration=6",
+    job = load_config(TINY, ["pbt.population=3", "resources.num_cpus_per_trial=1", "stop.training_iteration=8",
                              "checkpoints.num_to_keep=null"])
     outcome = train(job, parse_storage_uri(str(tmp_path)), "reuse", resume="never")
     assert outcome.errors == 0
     run = tmp_path / "reuse"
     results = results_by_trial(run)
     assert len(results) == 3
-    assert len({r["pid"] for lines in results.values() for r in lines}) == 2
+    assert len({r["pid"] for lines in results.values() for r in lines}) <= 2  # 1 when the shared Ray has 1 CPU free
     exploits = parse_lineage((run / "lineage.jsonl").read_text())
     assert exploits
     for event in exploits:  # Tune's loggers replaced result.json by the lagging stored copy at each restart
