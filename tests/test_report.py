@@ -231,15 +231,17 @@ def json_lines_of(text: str) -> list[dict]:
 
 
 def local_raw_files(run: Path) -> tuple[dict[str, list[dict]], list[dict]]:
-    """Every trial folder's result.json lines and lineage.jsonl's lines, parsed here, not by pbt_job."""
+    """Every trial folder's result.json lines and lineage.jsonl's lines (none: no exploit), parsed here, not by pbt_job."""
     results = {d.name: json_lines_of((d / "result.json").read_text()) for d in run.glob("PBTPPO_*")}
-    return results, json_lines_of((run / "lineage.jsonl").read_text())
+    lineage = run / "lineage.jsonl"
+    return results, json_lines_of(lineage.read_text()) if lineage.exists() else []
 
 
 def s3_raw_files(bucket: str, run: str) -> tuple[dict[str, list[dict]], list[dict]]:
-    keys = [key for key in list_keys(bucket, f"{run}/") if key.endswith("/result.json")]
-    results = {key.split("/")[-2]: json_lines_of(read_object(bucket, key)) for key in keys}
-    return results, json_lines_of(read_object(bucket, f"{run}/lineage.jsonl"))
+    keys = list_keys(bucket, f"{run}/")
+    results = {key.split("/")[-2]: json_lines_of(read_object(bucket, key)) for key in keys if key.endswith("/result.json")}
+    lineage = f"{run}/lineage.jsonl"
+    return results, json_lines_of(read_object(bucket, lineage)) if lineage in keys else []
 
 
 def training_share_of(results: dict[str, list[dict]], wall_time_s: float) -> float:
