@@ -11,7 +11,8 @@ import inspect
 import pyarrow.fs
 import pytest
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
-from ray.train._internal import session, storage
+from ray import tune
+from ray.train._internal import checkpoint_manager, session, storage
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
@@ -81,15 +82,22 @@ def test_pbt_trial_state_mutations_and_metric_sign():
 
 
 def test_restore_checkpoint_of_a_trial():
-    from ray.tune import Checkpoint
+    """The write lands in the trial's checkpoint manager and in the JSON the next snapshot saves."""
     from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.tune import Checkpoint
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import TuneFunctionDecoder
 
-    manager = _CheckpointManager(checkpoint_config=None)
-    manager._latest_checkpoint_result = session._TrainingResult(checkpoint=Checkpoint("/old"), metrics={"m": 1})
-    trial = type("Trial", (), {"run_metadata": type("Meta", (), {"checkpoint_manager": manager})()})()
+    run_metadata = _TrainingRunMetadata()
+    run_metadata.checkpoint_manager = _CheckpointManager(checkpoint_config=None)
+    run_metadata.checkpoint_manager.register_checkpoint(session._TrainingResult(Checkpoint("/old"), {"m": 1}))
+    run_metadata.get_json_state()  # cached, as after a snapshot
+    trial = type("Trial", (), {"run_metadata": run_metadata})()
     ray_compat.set_restore_checkpoint(trial, Checkpoint("/pinned"))
-    assert manager.latest_checkpoint_result.checkpoint.path == "/pinned"
-    assert manager.latest_checkpoint_result.metrics == {"m": 1}
+    for manager in run_metadata.checkpoint_manager, TuneFunctionDecoder(allow_cloudpickle=True).decode(
+            run_metadata.get_json_state())["checkpoint_manager"]:
+        assert manager.latest_checkpoint_result.checkpoint.path == "/pinned"
+        assert manager.latest_checkpoint_result.metrics == {"m": 1}
 
 
 def test_logger_restore_from_remote():
@@ -118,8 +126,54 @@ def test_env_runner_weights_seq_no():
     assert runner._weights_seq_no == 0
 
 
-def test_save_experiment_state():
+def test_forced_snapshot_waits_for_the_upload_in_flight():
+    """`delete_after_snapshot` deletes what the previous snapshot no longer names once a forced
+    `TuneController.checkpoint` returns: it waits for the upload in flight before saving."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
     assert parameters(TuneController.checkpoint) == ["self", "force", "wait"]
+    source = inspect.getsource(_ExperimentCheckpointManager.sync_up_experiment_state)
+    waits = source.index("wait_for_sync()", source.index("if force:"))
+    assert waits < source.index("self._storage.syncer.sync_up(")
+
+
+def test_checkpoint_deletions_deferred(tmp_path):
+    """Tune's checkpoint manager deletes through the module-level `_delete_fs_path` the block
+    swaps: inside it a retention deletion is queued, leaving it normally deletes the queue,
+    leaving it on an error keeps the folders; Ray's function is put back either way."""
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+
+    assert "_delete_fs_path(fs=checkpoint.filesystem, fs_path=checkpoint.path)" in inspect.getsource(
+        _CheckpointManager.register_checkpoint)
+    original = checkpoint_manager._delete_fs_path
+
+    def register_three(folder: str) -> list:
+        manager = _CheckpointManager(tune.CheckpointConfig(num_to_keep=1))
+        paths = []
+        for index in range(3):
+            path = tmp_path / folder / f"checkpoint_{index}"
+            path.mkdir(parents=True)
+            manager.register_checkpoint(session._TrainingResult(tune.Checkpoint(str(path)), {}))
+            paths.append(path)
+        return paths
+
+    with ray_compat.checkpoint_deletions_deferred():
+        kept = register_three("ok")
+        assert all(path.exists() for path in kept)
+    assert [path.exists() for path in kept] == [False, False, True]
+    with pytest.raises(RuntimeError), ray_compat.checkpoint_deletions_deferred():
+        kept = register_three("error")
+        raise RuntimeError("the run failed")
+    assert all(path.exists() for path in kept)
+    assert checkpoint_manager._delete_fs_path is original
+
+    fs = pyarrow.fs.LocalFileSystem()
+    with ray_compat.checkpoint_deletions_deferred():
+        for path in kept * 2:  # queued twice, deleted once
+            ray_compat.defer_deletion(fs, str(path))
+        kept[0].rename(tmp_path / "moved")  # gone meanwhile: nothing to delete
+        ray_compat.cancel_deletion(str(kept[2]))  # written again: kept
+    assert [path.exists() for path in kept] == [False, False, True]
 
 
 @pytest.mark.slow

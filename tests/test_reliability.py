@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -112,11 +113,9 @@ def all_trials_reached(bucket: str, run: str, iteration: int) -> Callable[[], bo
 def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage_before: list[dict], all_kept: bool) -> dict:
     """Every trial reached `stop`, lineage kept its events without duplicates (one recipient may
     be cloned twice at one iteration: a clone sets its iteration back), summary agrees, and
-    each trial's latest checkpoint in the final Tune state exists. With `all_kept` (no
-    retention) every checkpoint Tune's state and the lineage reference exists too, pinned
-    copies aside. (With retention, a driver killed after its checkpoint manager deleted an
-    old checkpoint but before the next snapshot leaves the snapshot listing it; resumes
-    only use the latest.)"""
+    every checkpoint the final Tune state lists exists. With `all_kept` (no retention) every
+    donor checkpoint the lineage names exists too, pinned copies aside; with retention no
+    trial folder holds more checkpoints than `num_to_keep`, whatever the kills left."""
     from ray import tune
 
     from pbt_job.training.algorithm import PBTPPO
@@ -134,14 +133,18 @@ def assert_run_complete_and_consistent(bucket: str, run: str, stop: int, lineage
     location = parse_storage_uri(f"s3://{bucket}/{run}")
     results = tune.Tuner.restore(location.path, trainable=PBTPPO, storage_filesystem=filesystem(location)).get_results()
     referenced = {result.checkpoint.path: "Tune state, latest" for result in results}
+    referenced |= {checkpoint.path: "Tune state" for result in results for checkpoint, _ in result.best_checkpoints}
     if all_kept:
-        referenced |= {checkpoint.path: "Tune state" for result in results for checkpoint, _ in result.best_checkpoints}
         referenced |= {e["donor_checkpoint"]: "lineage" for e in lineage if f"/{PIN_DIR}/" not in e["donor_checkpoint"]}
     assert referenced
     stored = set(list_keys(bucket, run))
     for path, source in referenced.items():
         prefix = path.removeprefix(f"{bucket}/")
         assert any(key.startswith(prefix + "/") for key in stored), f"{path} ({source}) is not in the bucket"
+    if not all_kept:
+        folders = {tuple(key.removeprefix(f"{run}/").split("/")[:2]) for key in stored if key.count("/") > 3}
+        own = Counter(trial for trial, folder in folders if folder.startswith("checkpoint_"))
+        assert own and max(own.values()) <= 2, own
     return summary
 
 

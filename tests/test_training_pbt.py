@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
+import boto3
+import botocore.exceptions
 import pytest
 from ray import tune
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.utils.serialization import TuneFunctionDecoder
 
 from conftest import REPO, list_keys, read_object
 from pbt_job.run_folder import parse_lineage
@@ -123,15 +128,65 @@ def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
     assert not [p.name for p in run.rglob("pbt_*.txt")], "Tune's PBT logs repeat lineage.jsonl"
 
 
-def test_s3_run_with_small_retention_never_loses_a_donor_checkpoint(ray_start_2_cpus, bucket):
-    """The retention case of ray 2.60: num_to_keep=2, population 2, interval 2, checkpoint every iteration, S3.
+class SnapshotWatcher(threading.Thread):
+    """Polls the run's saved experiment snapshot (what a resume reads) while it trains and
+    records each time a trial's latest checkpoint named there is missing from the bucket,
+    the snapshot unchanged before and after the look (not a snapshot being replaced)."""
 
-    Every exploit restores (no trial errors), and storage holds at most num_to_keep
-    checkpoints per trial plus one pinned donor copy.
+    def __init__(self, bucket: str, run: str):
+        super().__init__(daemon=True)
+        self.bucket, self.run_prefix = bucket, run
+        self.client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        self.looks, self.missing, self.stopped = 0, [], threading.Event()
+
+    def snapshot(self) -> str | None:
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.run_prefix}/experiment_state-").get("Contents", [])
+        if not listing:
+            return None
+        key = max(listing, key=lambda o: o["LastModified"])["Key"]
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read().decode()
+
+    def latest_checkpoints(self, snapshot: str) -> list[str]:
+        paths = []
+        for _, run_metadata in json.loads(snapshot)["trial_data"]:
+            latest = TuneFunctionDecoder(allow_cloudpickle=True).decode(run_metadata)["checkpoint_manager"].latest_checkpoint_result
+            if latest is not None:
+                paths.append(latest.checkpoint.path.removeprefix(f"{self.bucket}/"))
+        return paths
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.05):
+            try:
+                before = self.snapshot()
+                if before is None:
+                    continue
+                absent = [path for path in self.latest_checkpoints(before) if not list_keys(self.bucket, path + "/")]
+                if absent and self.snapshot() == before:
+                    self.missing += absent
+                self.looks += 1
+            except (json.JSONDecodeError, botocore.exceptions.ClientError):
+                continue
+
+
+def test_s3_run_with_small_retention_never_loses_a_donor_checkpoint(ray_start_2_cpus, bucket):
+    """The retention case of ray 2.60 (population 2, interval 2, checkpoint every iteration, S3),
+    with the smallest retention, num_to_keep=1.
+
+    Every exploit restores (no trial errors), storage holds at most num_to_keep
+    checkpoints per trial plus one pinned donor copy, and at no time during the run
+    does the saved experiment snapshot name a trial's latest checkpoint that retention
+    has deleted (a driver killed then could not resume).
     """
-    job = load_config(TINY, ["stop.training_iteration=8"])
-    outcome = train(job, parse_storage_uri(f"s3://{bucket}/runs"), "retention", resume="never")
+    job = load_config(TINY, ["stop.training_iteration=8", "checkpoints.num_to_keep=1"])
+    watcher = SnapshotWatcher(bucket, "runs/retention")
+    watcher.start()
+    try:
+        outcome = train(job, parse_storage_uri(f"s3://{bucket}/runs"), "retention", resume="never")
+    finally:
+        watcher.stopped.set()
+        watcher.join()
     assert outcome.errors == 0
+    assert watcher.looks >= 20 and not watcher.missing, (watcher.looks, watcher.missing)
     exploits = parse_lineage(read_object(bucket, "runs/retention/lineage.jsonl"))
     assert exploits
     keys = list_keys(bucket, "runs/retention/")

@@ -18,11 +18,13 @@ accept the risk of another one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
+from ray.train._internal import checkpoint_manager as checkpoint_manager_module
 from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
 from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
 from ray.tune import Checkpoint
@@ -152,11 +154,14 @@ def set_restore_checkpoint(trial: Any, checkpoint: Checkpoint) -> None:
 
     Tune's PBT points a recipient at the donor's checkpoint by this same private write
     (there is no public "restore from" on a trial); pbt-job points it at its pinned
-    copy instead, keeping the donor's metrics.
+    copy instead, keeping the donor's metrics. Tune's write leaves the run metadata's
+    cached JSON as it was, so experiment snapshots kept naming the checkpoint from before
+    the exploit until the next result; the cache is dropped here.
     """
     manager = trial.run_metadata.checkpoint_manager
     metrics = manager.latest_checkpoint_result.metrics
     manager._latest_checkpoint_result = _TrainingResult(checkpoint=checkpoint, metrics=metrics)
+    trial.run_metadata.invalidate_cache()
 
 
 def stage_for_restart(tune_controller: Any, trial: Any) -> None:
@@ -175,14 +180,72 @@ def stage_for_restart(tune_controller: Any, trial: Any) -> None:
     tune_controller._actor_cache.increase_max(trial.placement_group_factory)
 
 
-def save_experiment_state(tune_controller: Any) -> None:
-    """`TuneController.checkpoint(force=True, wait=True)`: snapshot the experiment state and wait for it.
+class _Deletions:
+    """Folders to delete once no stored experiment snapshot names them.
 
-    Schedulers receive the controller but no public way to make the snapshot
-    (what a resume restores from) current; deleting files the last snapshot
-    still references needs it.
+    `queued`: deleted after the last snapshot was saved (the snapshot in flight, or
+    the next one, no longer names them). `unnamed`: queued before a snapshot whose
+    upload has finished, so safe to delete.
     """
-    tune_controller.checkpoint(force=True, wait=True)
+
+    queued: list[tuple[Any, str]] = []
+    unnamed: list[tuple[Any, str]] = []
+
+
+@contextlib.contextmanager
+def checkpoint_deletions_deferred() -> Iterator[None]:
+    """While the block runs, Tune's retention (`num_to_keep`) queues the checkpoints it deletes.
+
+    `_CheckpointManager.register_checkpoint` deletes a trial's oldest checkpoint the
+    moment a new one registers, while the last saved experiment snapshot (what a resume
+    reads) may still name the deleted one as the trial's latest: a driver killed in between
+    leaves a run whose resume fails with "does not exist on storage anymore". Tune has no
+    hook between registration and deletion, so the module-level `_delete_fs_path` it calls
+    is swapped for the queue; `delete_after_snapshot` empties it. Leaving the block
+    normally (`Tuner.fit` has saved its final snapshot and waited for it) deletes what is
+    left; leaving it on an error keeps those checkpoints, since the snapshot may still name them.
+    """
+    original = checkpoint_manager_module._delete_fs_path
+    checkpoint_manager_module._delete_fs_path = defer_deletion
+    try:
+        yield
+        _delete(_Deletions.unnamed + _Deletions.queued)
+    finally:
+        checkpoint_manager_module._delete_fs_path = original
+        _Deletions.queued, _Deletions.unnamed = [], []
+
+
+def defer_deletion(fs: Any, fs_path: str) -> None:
+    """Queue a folder for `delete_after_snapshot` (the signature of Ray's `_delete_fs_path`)."""
+    if all(path != fs_path for _, path in _Deletions.queued + _Deletions.unnamed):
+        _Deletions.queued.append((fs, fs_path))
+
+
+def cancel_deletion(fs_path: str) -> None:
+    """Keep a queued folder after all: it was written again."""
+    _Deletions.queued = [(fs, path) for fs, path in _Deletions.queued if path != fs_path]
+    _Deletions.unnamed = [(fs, path) for fs, path in _Deletions.unnamed if path != fs_path]
+
+
+def delete_after_snapshot(tune_controller: Any) -> None:
+    """Save an experiment snapshot without waiting for its upload, then delete the folders queued
+    before the previous one, which is stored by then.
+
+    Schedulers receive the controller but no public way to make the snapshot current.
+    `TuneController.checkpoint(force=True)` first waits for the upload in flight (the
+    previous snapshot's), so a deletion waits one snapshot longer but the controller
+    does not wait for an upload: every trial's results keep flowing.
+    """
+    if _Deletions.queued or _Deletions.unnamed:
+        tune_controller.checkpoint(force=True, wait=False)
+        _delete(_Deletions.unnamed)
+        _Deletions.queued, _Deletions.unnamed = [], _Deletions.queued
+
+
+def _delete(folders: list[tuple[Any, str]]) -> None:
+    for fs, path in folders:
+        with contextlib.suppress(FileNotFoundError):  # deleted by hand meanwhile: nothing to do
+            delete_fs_path(fs, path)
 
 
 class _KeepLocalLog:

@@ -27,7 +27,7 @@ from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict, resume_changes
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
-from pbt_job.training.ray_compat import ProgressLog, ResultLog
+from pbt_job.training.ray_compat import ProgressLog, ResultLog, checkpoint_deletions_deferred
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ def train(
             ),
         )
     try:
-        results = tuner.fit()
+        with checkpoint_deletions_deferred():
+            results = tuner.fit()
     except Exception as err:
         outage = _storage_outage_behind(err)
         if outage is None:

@@ -1,6 +1,6 @@
 """`LineagePBT` / `LineagePB2`: Ray Tune's PBT (and PB2) made exploit-safe and recorded.
 
-Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into (PB2 inherits them):
+Tune's PBT, as of Ray 2.60, has five gaps a long PBT job falls into (PB2 inherits them):
 
 1. Retention breaks exploits. The recipient restores from a *reference* to the
    donor's checkpoint; the donor's `num_to_keep` rotation can delete it before the
@@ -18,6 +18,11 @@ Tune's PBT, as of Ray 2.60, has four gaps a long PBT job falls into (PB2 inherit
 3. No lineage: every exploit writes one line to `lineage.jsonl`.
 4. `Tuner.restore` starts the scheduler afresh (ray-project/ray#30838): trial
    perturbation times are kept in `pbt_state.jsonl` and reloaded per trial.
+5. Retention runs ahead of the snapshot a resume reads: Tune deletes a trial's oldest
+   checkpoint as a new one registers, and the last saved experiment state may still
+   name it as the trial's latest (and after a PBT exploit it names the checkpoint from
+   before, until the next result). Here retention's deletions and released pins wait
+   until a snapshot saved after them is stored.
 
 And one cost: an exploit restarted the recipient's Ray actor (6-14 s) and, while it
 waited, PBT paused every other trial reaching its perturbation point (Tune's PBT
@@ -47,14 +52,16 @@ from pbt_job.result_keys import yaml_name
 from pbt_job.run_folder import RunFiles
 from pbt_job.training.ray_compat import (
     PBTHooks,
+    cancel_deletion,
     checkpoint_exists,
+    defer_deletion,
+    delete_after_snapshot,
     delete_fs_path,
     exists_at_fs_path,
     is_pending_checkpoint,
     pbt_mutated_keys,
     pbt_score_sign,
     pbt_trial_state,
-    save_experiment_state,
     set_restore_checkpoint,
     stage_for_restart,
 )
@@ -100,7 +107,8 @@ class _Lineage(PBTHooks):
             np.random.set_state(outer[1])
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        self._release_pin_if_unneeded(tune_controller, trial)
+        self._release_pin_if_unneeded(trial)
+        delete_after_snapshot(tune_controller)
         self._restarting.discard(trial.trial_id)
         with self._own_random():
             decision = super().on_trial_result(tune_controller, trial, result)
@@ -121,6 +129,20 @@ class _Lineage(PBTHooks):
             state = pbt_trial_state(self, trial)
             state.last_perturbation_time = ledger.last_perturbation_time
             state.last_train_time = ledger.last_train_time
+            self._delete_forgotten_checkpoints(trial)
+
+    @staticmethod
+    def _delete_forgotten_checkpoints(trial: Trial) -> None:
+        """A driver killed with retention's deletions queued leaves checkpoints older than any the
+        restored state keeps; nothing would ever delete them."""
+        kept = [result.checkpoint.path for result in trial.run_metadata.checkpoint_manager.best_checkpoint_results]
+        if not kept:
+            return
+        oldest = min(path.rsplit("/", 1)[-1] for path in kept)
+        fs = trial.storage.storage_filesystem
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(trial.storage.trial_fs_path, allow_not_found=True)):
+            if info.base_name.startswith("checkpoint_") and info.base_name < oldest:
+                defer_deletion(fs, info.path.rstrip("/"))
 
     def usable_donors(self, trial: Trial, upper_quantile: list[Trial]) -> list[Trial]:
         donors = [donor for donor in upper_quantile if self._has_usable_checkpoint(donor)]
@@ -162,7 +184,7 @@ class _Lineage(PBTHooks):
             stage_for_restart(tune_controller, trial)
         clone()
         self._restarting.add(trial.trial_id)
-        self._restore_from_pin(tune_controller, trial, pin_path)
+        self._restore_from_pin(trial, pin_path)
         mutated = pbt_mutated_keys(self)
         self.run_files.record(
             {
@@ -186,6 +208,7 @@ class _Lineage(PBTHooks):
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
         """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything)."""
         fs = trial.storage.storage_filesystem
+        cancel_deletion(pin_path)
         if exists_at_fs_path(fs, pin_path):
             delete_fs_path(fs, pin_path)
         pyarrow.fs.copy_files(
@@ -196,34 +219,31 @@ class _Lineage(PBTHooks):
             use_threads=False,
         )
 
-    def _restore_from_pin(self, tune_controller, trial: Trial, pin_path: str) -> None:
+    def _restore_from_pin(self, trial: Trial, pin_path: str) -> None:
         """Point the recipient's restore at its pinned copy and drop older pins."""
         set_restore_checkpoint(trial, Checkpoint(pin_path, filesystem=trial.storage.storage_filesystem))
-        self._delete_pins(tune_controller, trial, keep=pin_path)
+        self._delete_pins(trial, keep=pin_path)
         self._pinned[trial.trial_id] = True
         logger.info("[exploit] %s restores from its pinned copy %s", trial, pin_path)
 
-    def _release_pin_if_unneeded(self, tune_controller, trial: Trial) -> None:
+    def _release_pin_if_unneeded(self, trial: Trial) -> None:
         """Drop the trial's pin once its latest checkpoint is its own (checked once per trial after a restart)."""
         if trial.trial_id not in self._pinned:
             self._pinned[trial.trial_id] = exists_at_fs_path(trial.storage.storage_filesystem, _pin_dir(trial))
         latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
         if self._pinned[trial.trial_id] and latest is not None and f"/{PIN_DIR}/" not in latest.checkpoint.path:
-            self._delete_pins(tune_controller, trial)
+            self._delete_pins(trial)
             self._pinned[trial.trial_id] = False
 
     @staticmethod
-    def _delete_pins(tune_controller, trial: Trial, keep: str | None = None) -> None:
-        """Delete the trial's pins but `keep`, after saving the experiment state that no longer needs them."""
+    def _delete_pins(trial: Trial, keep: str | None = None) -> None:
+        """Delete the trial's pins but `keep` once an experiment snapshot no longer names them."""
         fs = trial.storage.storage_filesystem
         selector = pyarrow.fs.FileSelector(_pin_dir(trial), allow_not_found=True)
-        stale = [info.path for info in fs.get_file_info(selector) if info.path.rstrip("/") != keep]
-        if not stale:
-            return
-        save_experiment_state(tune_controller)
-        for path in stale:
-            delete_fs_path(fs, path)
-        logger.debug("[checkpoint] released pins of %s: %s", trial, stale)
+        for info in fs.get_file_info(selector):
+            if info.path.rstrip("/") != keep:
+                defer_deletion(fs, info.path.rstrip("/"))
+                logger.debug("[checkpoint] releasing pin of %s: %s", trial, info.path)
 
     def _record_skip(self, trial: Trial, reason: str) -> None:
         state = pbt_trial_state(self, trial)
