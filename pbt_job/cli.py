@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 2 bad input (config, flags, storage unreachable, hung or
 refusing the credentials, a resume with another configuration), with one line naming
-the field or the fix; 1 training failed.
+the field or the fix; 1 training failed; 130 / 143 interrupted by SIGINT / SIGTERM
+(the run is saved: the same command with `--resume must` continues it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 from typing import Sequence
 
@@ -22,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 like every other bad input."""
 
     def error(self, message: str) -> None:
-        self.exit(EXIT_BAD_INPUT, f"pbt-job: error: {message} (see pbt-job {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"pbt-job: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +76,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _progress_reporter(job):
     from ray import tune
 
-    from pbt_job.result_keys import yaml_name
-    from pbt_job.training.algorithm import ENV_STEPS_PER_S_KEY
+    from pbt_job.result_keys import ENV_STEPS_PER_S_KEY, yaml_name
     from pbt_job.training.explore import initial_space
 
     return tune.CLIReporter(
@@ -88,19 +90,25 @@ def _progress_reporter(job):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pbt_job import metrics
+    from pbt_job import interruption, metrics
     from pbt_job.storage import check_storage, parse_storage_uri
 
     job = _load(args)
     location = parse_storage_uri(args.storage)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(interruption.caught())
         if job.metrics_port:
             server = stack.enter_context(metrics.serve(job.metrics_port))
             print(f"metrics: http://localhost:{server.port}/metrics")
-        check_storage(location)  # the run's one check, before Ray's imports: bad storage answers in a second, not ten
-        from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
-        outcome = train(job, location, job.name, resume=args.resume, progress_reporter=_progress_reporter(job))
+        try:
+            check_storage(location)  # the run's one check, before Ray's imports: bad storage answers in a second
+            from pbt_job.training.run import train  # Ray and RLlib load in seconds: only once the input is sound
+            outcome = train(job, location, job.name, resume=args.resume, progress_reporter=_progress_reporter(job))
+        except KeyboardInterrupt:
+            return _interrupted(args, "stopped at once, the run's last saved state stays")
     summary = outcome.summary
+    if outcome.interrupted:
+        return _interrupted(args, f"the run is saved in {outcome.run_uri}")
     print(f"run {outcome.run_uri}: best trial {summary['best_trial']} {summary['metric']}={summary['best_metric']} "
           f"after {summary['exploits']} exploits, {summary['env_steps_total']} env steps in {summary['wall_time_s']:.0f} s")
     print(f"best hyperparameters: {json.dumps(summary['best_hyperparameters'])}")
@@ -109,6 +117,23 @@ def _train(args: argparse.Namespace) -> int:
         print(f"pbt-job: {outcome.errors} trial(s) failed; see {outcome.run_uri}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _interrupted(args: argparse.Namespace, state: str) -> int:
+    """One line: what was interrupted and the command that resumes it; exit 128 + the signal."""
+    from pbt_job import interruption
+
+    signum = interruption.received() or signal.SIGINT
+    command = ["pbt-job", "train", "--config", args.config, "--storage", args.storage, "--resume", "must"]
+    if args.name is not None:
+        command += ["--name", args.name]
+    for override in args.set:
+        command += ["--set", override]
+    if args.metrics_port is not None:
+        command += ["--metrics-port", str(args.metrics_port)]
+    print(f"pbt-job: interrupted by {signal.Signals(signum).name}; {state}; resume with: {shlex.join(command)}",
+          file=sys.stderr)
+    return 128 + signum
 
 
 def _report_after_training(run_uri: str) -> None:
@@ -137,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("ray", "filelock", "urllib3", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Tuner.restore" not in record.getMessage())
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune drops the futures of tasks it abandons (the save of a trial it pauses or stops);
     # Ray would print their errors at exit, after pbt-job's own last line. Trial errors

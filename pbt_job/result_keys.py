@@ -11,6 +11,19 @@ from typing import Any
 
 SCORE_KEY = "pbt_score"
 """Result key of the default PBT metric (`pbt.metric`), see `pbt_job.training.score`."""
+ENV_STEPS_PER_S_KEY = "env_steps_per_s"
+AGENT_STEPS_PER_S_KEY = "agent_steps_per_s"
+EPISODE_KEYS = ("env_runners/episode_return_mean", "env_runners/episode_len_mean")
+"""RLlib's per-iteration episode means; absent from an iteration in which no episode ended,
+so pbt-job's results carry them as NaN then (PBT ranks a NaN score last)."""
+MODULE_RETURN_PREFIX = "env_runners/module_episode_returns_mean/"
+"""+ a policy name: that policy's mean episode return (NaN likewise)."""
+
+
+def metric_names(policies: tuple[str, ...]) -> list[str]:
+    """The result keys every result carries from the first iteration: what `pbt.metric` may name."""
+    return [SCORE_KEY, ENV_STEPS_PER_S_KEY, AGENT_STEPS_PER_S_KEY, *EPISODE_KEYS,
+            *(MODULE_RETURN_PREFIX + policy for policy in policies)]
 
 TUNE_KEYS = {"lambda": "lambda", "train_batch_size_per_learner": "_train_batch_size_per_learner"}
 """YAML name -> key in `AlgorithmConfig.to_dict()` (what Tune mutates, and what `result.json`'s

@@ -95,6 +95,15 @@ CONFIG_CASES = {
     "odd-window": ("env: {obs_range_prey: 8}\n", [], ["obs_range_prey", "odd"]),
     "name-with-slash": ("{}\n", ["--name", "../elsewhere"], ["--name '../elsewhere'", "not a run-folder name"]),
     "name-with-space": ("{}\n", ["--name", "a b"], ["--name 'a b'", "not a run-folder name"]),
+    "mutation-outside-its-field": ("pbt: {mutations: {lr: {type: choice, values: [-1.0, -2.0]}}}\n", [],
+                                   ["pbt.mutations.lr", "greater than 0"]),
+    "metric-no-result-carries": ("pbt: {metric: episode_reward_mean}\n", [], ["pbt.metric", "pbt_score"]),
+    "model-deeper-than-window": ("ppo: {conv_channels: [4, 4, 4, 4, 4]}\n", [], ["ppo.conv_channels", "at most"]),
+    "never-stops": ("stop: {training_iteration: null, time_total_s: .inf}\n", [], ["stop.time_total_s", "finite"]),
+    "boolean-count": ("ppo: {minibatch_size: true}\n", [], ["ppo.minibatch_size", "integer"]),
+    "set-half-written": ("{}\n", ["--set", "pbt.population=[1,"], ["--set 'pbt.population=[1,'", "malformed YAML"]),
+    "utf16-file": ("env: {width: 7}\n".encode("utf-16"), [], ["UTF-8"]),
+    "binary-file": (b"\x00\xff\xfe\x01", [], ["UTF-8"]),
 }
 
 
@@ -107,7 +116,7 @@ def test_bad_config_input_exits_2_naming_the_field(tmp_path, case):
     """Bad input against storage that already holds a run: exit 2, one line, the run untouched."""
     text, extra, needles = CONFIG_CASES[case]
     config = tmp_path / "job.yaml"
-    config.write_text(text)
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     runs = tmp_path / "runs"
     for name in ("pbt-predpreygrass", "tiny"):
         (runs / name).mkdir(parents=True)
@@ -120,8 +129,18 @@ def test_bad_config_input_exits_2_naming_the_field(tmp_path, case):
 
 def test_missing_config_file_and_bad_flags(tmp_path):
     assert_bad_input(run_cli("train", "--config", str(tmp_path / "nope.yaml")), "cannot read")
-    proc = run_cli("train", "--config", str(TINY), "--resume", "sometimes")
-    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert_bad_input(run_cli("validate", "--config", "/dev/zero"), "--config /dev/zero", "larger than")
+    assert_bad_input(run_cli("train", "--config", str(TINY), "--resume", "sometimes"), "--resume", "see pbt-job train --help")
+    assert_bad_input(run_cli(), "command", "(see pbt-job --help)")
+
+
+def test_a_trial_larger_than_the_local_ray_exits_2_naming_the_shortfall(tmp_path):
+    """Ray starts (its own log lines go to stderr first), then one error line; nothing is left in the storage."""
+    proc = run_cli("train", "--config", str(TINY), "--storage", str(tmp_path / "runs"), "--metrics-port", "0",
+                   "--set", "resources.num_cpus_per_trial=1000", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("pbt-job: error: resources: one trial needs 1000 CPU")
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "runs").rglob("*"))
 
 
 def test_resume_must_without_a_run_exits_2(bucket):

@@ -135,6 +135,9 @@ def test_forced_snapshot_waits_for_the_upload_in_flight():
     source = inspect.getsource(_ExperimentCheckpointManager.sync_up_experiment_state)
     waits = source.index("wait_for_sync()", source.index("if force:"))
     assert waits < source.index("self._storage.syncer.sync_up(")
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper
+
+    assert "self._tune_controller = tune_controller" in inspect.getsource(TrialRunnerWrapper.__init__)
 
 
 def test_checkpoint_deletions_deferred(tmp_path):

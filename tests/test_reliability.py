@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -412,6 +413,49 @@ def test_unwritable_or_full_local_storage_is_refused_before_training(tmp_path, s
     proc = run_cli("train", "--config", str(TINY), "--storage", storage.format(tmp=tmp_path), env=env, timeout=60)
     assert_bad_input(proc, *needles)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing written"
+
+
+# -- interruptions -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c-in-a-terminal", "kubernetes-stops-the-pod"])
+def test_a_signal_interrupts_the_run_and_the_printed_command_resumes_it(tmp_path, signum, whole_group):
+    """Ctrl-C (SIGINT to the terminal's whole process group) or Kubernetes' stop (SIGTERM to the
+    driver only), after two stored iterations: the driver exits 128 + the signal with one line
+    holding the pbt-job command that resumes (not Tune's `Tuner.restore` hint); `summary.json`
+    and the report say interrupted, not finished; that command continues every trial from a
+    stored iteration to the stop."""
+    run = tmp_path / "runs" / "stopped"
+    args = ["--config", str(TINY), "--storage", str(tmp_path / "runs"), "--name", "stopped",
+            "--set", "stop.training_iteration=8", "--metrics-port", "0"]
+    driver = Driver(tmp_path / "interrupted.log", *args)
+
+    def ledgers() -> dict[str, dict]:
+        state = run / "pbt_state.jsonl"
+        return json.loads(state.read_text())["trials"] if state.exists() else {}
+
+    driver.wait_until(lambda: len(ledgers()) == 2 and min(t["iteration"] for t in ledgers().values()) >= 2,
+                      "two stored iterations per trial")
+    (os.killpg if whole_group else os.kill)(driver.process.pid, signum)
+    assert driver.process.wait(timeout=120) == 128 + signum, driver.output()[-3000:]
+    output = driver.output()
+    assert "Tuner.restore" not in output
+    interrupted = [line for line in output.splitlines() if line.startswith("pbt-job: interrupted by")]
+    assert len(interrupted) == 1 and signal.Signals(signum).name in interrupted[0], output[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    report = run_cli("report", str(run), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0 and "interrupted" in (tmp_path / "report" / "report.md").read_text()
+
+    command = shlex.split(interrupted[0].split("resume with: ", 1)[1])
+    assert command[:2] == ["pbt-job", "train"]
+    resumed = subprocess.run([sys.executable, "-m", "pbt_job.cli", *command[1:]], capture_output=True, text=True,
+                             cwd=REPO, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    for trial, ledger in ledgers().items():
+        assert ledger["iteration"] == 8 and len(ledger["session_starts"]) == 2, (trial, ledger)
+        assert ledger["session_starts"][1] >= 2, (trial, ledger)
 
 
 # -- untrusted run files --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ KINDS = ("type_1_predator", "type_2_predator", "type_1_prey", "type_2_prey")
 class PerKind(BaseModel):
     """One non-negative count per agent kind."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     type_1_predator: int = Field(ge=0)
     type_2_predator: int = Field(ge=0)
@@ -51,7 +51,7 @@ class EnvConfig(BaseModel):
     Quirks of the reference are kept as defaults and flagged `Quirk:` below.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     width: int = Field(25, ge=2, le=1024, description="Grid cells along x (bounded, no wrap-around).")
     height: int = Field(25, ge=2, le=1024, description="Grid cells along y (bounded, no wrap-around).")
@@ -141,6 +141,9 @@ class EnvConfig(BaseModel):
         if predators == 0 or prey == 0:
             raise ValueError("initial_agents must hold at least one predator and one prey, or the game ends at once")
         cells = self.width * self.height
+        slots = sum(self.slots.get(kind) for kind in KINDS)
+        if slots > cells:
+            raise ValueError(f"slots: {slots} in all exceed the {cells} grid cells; an agent needs a cell of its own")
         if predators + prey + self.n_grass > cells:
             raise ValueError(
                 f"initial_agents ({predators + prey}) + n_grass ({self.n_grass}) exceed the {cells} grid cells: "

@@ -78,7 +78,8 @@ def report_numbers(run: RunData, chain: list[Segment], pictures: list[str], note
     numbers: dict[str, Any] = {
         "run": run.name,
         "uri": run.location.uri,
-        "finished": run.summary is not None,
+        "finished": run.summary is not None and run.summary.get("status", "finished") == "finished",
+        "interrupted": run.summary is not None and run.summary.get("status") == "interrupted",
         "metric": run.metric,
         "mode": run.mode,
         **_running_numbers(run, best),
@@ -145,7 +146,9 @@ def _running_numbers(run: RunData, best: str | None) -> dict[str, Any]:
 def render_markdown(numbers: dict[str, Any]) -> str:
     """`report.md`: the summary table, the pictures with what to look for, the trials."""
     better = "higher" if numbers["mode"] == "max" else "lower"
-    state = "finished" if numbers["finished"] else "still training, or stopped before writing its summary"
+    state = ("finished" if numbers["finished"]
+             else "interrupted (the same `pbt-job train` command continues it)" if numbers["interrupted"]
+             else "still training, or stopped before writing its summary")
     lines = [
         f"# PBT report: {numbers['run']}",
         "",

@@ -47,7 +47,14 @@ from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdv
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.tune.utils import flatten_dict
 
-from pbt_job.result_keys import SCORE_KEY, tune_key
+from pbt_job.result_keys import (
+    AGENT_STEPS_PER_S_KEY,
+    ENV_STEPS_PER_S_KEY,
+    EPISODE_KEYS,
+    MODULE_RETURN_PREFIX,
+    SCORE_KEY,
+    tune_key,
+)
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, JobConfig
 from pbt_job.training.model import module_spec
@@ -58,8 +65,6 @@ from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
 logger = logging.getLogger(__name__)
 
 RESTORED_KEY = "restored_hyperparameters"
-ENV_STEPS_PER_S_KEY = "env_steps_per_s"
-AGENT_STEPS_PER_S_KEY = "agent_steps_per_s"
 ENDED_AT_KEY = "iteration_ended_at"
 """Epoch seconds (float) when the iteration ended: Tune's `timestamp` is whole seconds."""
 SEED_KEY = "rllib_seed"
@@ -181,6 +186,17 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return flatten_dict({key: value for key, value in config.items() if not key.startswith("__")})
 
 
+def _carry_episode_keys(result: dict[str, Any], policies: Any) -> None:
+    """NaN for the episode means RLlib leaves out when no episode ended, so that any key of
+    `metric_names` is in every result (Tune fails a trial whose result lacks its metric)."""
+    for key in (*EPISODE_KEYS, *(MODULE_RETURN_PREFIX + policy for policy in policies)):
+        *parents, leaf = key.split("/")
+        node = result
+        for part in parents:
+            node = node.setdefault(part, {})
+        node.setdefault(leaf, float("nan"))
+
+
 class PBTPPO(PPO):
     """PPO whose exploits happen in place, whose restores keep the trial's own hyperparameters
     and whose results carry `pbt_score`."""
@@ -268,8 +284,9 @@ class PBTPPO(PPO):
         started = time.perf_counter()
         result = super().step()
         seconds = time.perf_counter() - started
-        env_runners = result.get("env_runners", {})
+        env_runners = result.setdefault("env_runners", {})
         result[SCORE_KEY] = self._score.update(env_runners)
+        _carry_episode_keys(result, self.config.policies)
         result[ENV_STEPS_PER_S_KEY] = env_runners.get("num_env_steps_sampled", 0) / seconds
         result[AGENT_STEPS_PER_S_KEY] = sum((env_runners.get("num_module_steps_sampled") or {}).values()) / seconds
         result[CHECKPOINTS_KEY], self._checkpoints_saved = self._checkpoints_saved, []

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from pbt_job.env import EnvConfig
 from pbt_job.errors import BadInput
-from pbt_job.result_keys import SCORE_KEY
+from pbt_job.result_keys import SCORE_KEY, metric_names
 
 DEFAULT_METRICS_PORT = 9464
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -29,8 +29,16 @@ class ConfigError(BadInput):
     """A bad user input; the message names the field and the fix."""
 
 
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+"""No unknown keys; no booleans, fractions or numeric strings where integers belong; finite numbers."""
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
+
+
+MAX_BATCH = 10_000_000
+LayerWidth = Annotated[int, Field(ge=1, le=4096)]
 
 
 class PPOSettings(_Frozen):
@@ -45,17 +53,19 @@ class PPOSettings(_Frozen):
     entropy_coeff: float = Field(0.01, ge=0, description="Weight of the entropy bonus.")
     kl_coeff: float = Field(0.2, ge=0, description="Initial KL penalty coefficient.")
     kl_target: float = Field(0.01, gt=0, description="Target KL divergence.")
-    num_epochs: int = Field(10, ge=1, description="SGD passes over each train batch.")
-    minibatch_size: int = Field(256, ge=1, description="SGD minibatch size (agent steps).")
-    train_batch_size_per_learner: int = Field(1024, ge=1, description="Agent steps per train batch and learner.")
-    conv_channels: list[int] | None = Field(
-        None, description="Channels of the 3x3 conv layers; null = the spec's 16, 32, 64, 64... with (R-1)/2 layers."
+    num_epochs: int = Field(10, ge=1, le=1000, description="SGD passes over each train batch.")
+    minibatch_size: int = Field(256, ge=1, le=MAX_BATCH, description="SGD minibatch size (agent steps).")
+    train_batch_size_per_learner: int = Field(
+        1024, ge=1, le=MAX_BATCH, description="Agent steps per train batch and learner."
     )
-    hidden_sizes: list[int] | None = Field(
-        None, description="Dense layers after the convs; null = [256, 256] ([384, 256] above 20 actions)."
+    conv_channels: list[LayerWidth] | None = Field(
+        None, min_length=1, description="Channels of the 3x3 conv layers; null = the spec's 16, 32, 64, 64... with (R-1)/2 layers."
+    )
+    hidden_sizes: list[LayerWidth] | None = Field(
+        None, min_length=1, max_length=16, description="Dense layers after the convs; null = [256, 256] ([384, 256] above 20 actions)."
     )
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(**STRICT, populate_by_name=True)
 
     @model_validator(mode="after")
     def _check_batches(self) -> PPOSettings:
@@ -112,6 +122,25 @@ class Mutation(_Frozen):
         return (min(self.values), max(self.values)) if self.type == "choice" else (self.low, self.high)
 
 
+def _check_domain_within_field(name: str, mutation: Mutation) -> None:
+    """Every value a trial can get from `mutation` (its choices, or its range's ends: explore clamps
+    into them) must be valid for the PPO setting itself."""
+    field = {f.alias or n: f for n, f in PPOSettings.model_fields.items()}[name]
+    check = TypeAdapter(Annotated[field.annotation, *field.metadata], config=ConfigDict(strict=True))
+    for value in mutation.values if mutation.type == "choice" else (mutation.low, mutation.high):
+        if name in INTEGER_SETTINGS:
+            if not float(value).is_integer():
+                raise ValueError(f"mutations.{name}: {value:g} is not an integer, and {name} counts")
+            value = int(value)
+        try:
+            check.validate_python(value)
+        except ValidationError as err:
+            raise ValueError(
+                f"mutations.{name}: {value:g} is not a valid {name} ({err.errors()[0]['msg'].lower()}); "
+                f"every value of the domain must be (see ppo.{name})"
+            ) from None
+
+
 def _reference_mutations() -> dict[str, Mutation]:
     return {
         "lr": Mutation(type="choice", values=[1e-3, 5e-4, 1e-4]),
@@ -127,7 +156,7 @@ class PBTConfig(_Frozen):
     """Population Based Training (Jaderberg et al. 2017, https://arxiv.org/abs/1711.09846)."""
 
     scheduler: Literal["pbt", "pb2"] = Field("pbt", description="Tune scheduler: PopulationBasedTraining or PB2.")
-    population: int = Field(4, ge=2, description="Trials in the population (PBT needs at least two).")
+    population: int = Field(4, ge=2, le=10_000, description="Trials in the population (PBT needs at least two).")
     perturbation_interval: int = Field(3, ge=1, description="Training iterations between exploit/explore rounds.")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="Share of the population copied from/to.")
     resample_probability: float = Field(0.25, ge=0, le=1, description="Chance explore resamples instead of perturbing.")
@@ -136,12 +165,13 @@ class PBTConfig(_Frozen):
     mutations: dict[str, Mutation] = Field(
         default_factory=_reference_mutations, description="Hyperparameters to explore and their domains."
     )
-    max_train_batch_size: int = Field(2048, ge=2, description="Explore keeps train batch <= this.")
-    min_epochs: int = Field(1, ge=1, description="Explore keeps num_epochs >= this.")
-    max_epochs: int = Field(30, ge=1, description="Explore keeps num_epochs <= this.")
+    max_train_batch_size: int = Field(2048, ge=2, le=MAX_BATCH, description="Explore keeps train batch <= this.")
+    min_epochs: int = Field(1, ge=1, le=1000, description="Explore keeps num_epochs >= this.")
+    max_epochs: int = Field(30, ge=1, le=1000, description="Explore keeps num_epochs <= this.")
     synch: bool = Field(False, description="Synchronous PBT (waits for the whole population; fragile on failure).")
     seed: int = Field(
-        0, description="Seeds the initial sampling and explore/exploit; trial i (0-based) gets RLlib seed `seed + i`."
+        0, ge=0, le=2**31 - 1,
+        description="Seeds the initial sampling and explore/exploit; trial i (0-based) gets RLlib seed `seed + i`.",
     )
 
     @model_validator(mode="after")
@@ -156,6 +186,7 @@ class PBTConfig(_Frozen):
                 )
             if name in INTEGER_SETTINGS and mutation.type in ("uniform", "loguniform"):
                 raise ValueError(f"mutations.{name}: an integer setting; use type choice or randint")
+            _check_domain_within_field(name, mutation)
         if self.min_epochs > self.max_epochs:
             raise ValueError(f"min_epochs: {self.min_epochs} must be <= max_epochs ({self.max_epochs})")
         minibatch = self.mutations.get("minibatch_size")
@@ -170,13 +201,22 @@ class PBTConfig(_Frozen):
 class ResourcesConfig(_Frozen):
     """What each trial asks Ray for."""
 
-    num_env_runners: int = Field(0, ge=0, description="Remote env runners per trial (0 samples in the trial itself).")
-    num_envs_per_env_runner: int = Field(1, ge=1, description="Vectorised games per env runner.")
+    num_env_runners: int = Field(
+        0, ge=0, le=1024, description="Remote env runners per trial (0 samples in the trial itself)."
+    )
+    num_envs_per_env_runner: int = Field(1, ge=1, le=1024, description="Vectorised games per env runner.")
     rollout_fragment_length: int | Literal["auto"] = Field("auto", description="Env steps per sample call.")
     num_cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of a trial's main process (and local learner).")
     num_cpus_per_env_runner: float = Field(1.0, gt=0, description="CPUs per remote env runner.")
-    num_learners: int = Field(0, ge=0, description="Remote learners per trial (0: learn in the main process).")
+    num_learners: int = Field(0, ge=0, le=1024, description="Remote learners per trial (0: learn in the main process).")
     num_gpus_per_learner: float = Field(0.0, ge=0, description="GPUs per learner (the main process when 0 learners).")
+
+    @field_validator("rollout_fragment_length", mode="before")
+    @classmethod
+    def _check_fragment(cls, value: Any) -> Any:
+        if value != "auto" and not (type(value) is int and 1 <= value <= MAX_BATCH):
+            raise ValueError(f"{value!r}: use 'auto' or a whole number of env steps from 1 to {MAX_BATCH}")
+        return value
 
 
 class StopConfig(_Frozen):
@@ -223,7 +263,27 @@ class JobConfig(_Frozen):
                 f"({iterations}), or no exploit ever happens"
             )
         self._check_initial_population()
+        self._check_metric()
+        self._check_model_fits_windows()
         return self
+
+    def _check_metric(self) -> None:
+        known = metric_names(self.env.policies)
+        if self.pbt.metric not in known:
+            raise ValueError(
+                f"pbt.metric: {self.pbt.metric!r} is not a key every result carries; choose one of {', '.join(known)}"
+            )
+
+    def _check_model_fits_windows(self) -> None:
+        """Each unpadded 3x3 conv layer shrinks the observation window by 2 (see `training/model.py`)."""
+        layers = len(self.ppo.conv_channels or [])
+        for name in ("obs_range_predator", "obs_range_prey"):
+            window = getattr(self.env, name)
+            if layers > (window - 1) // 2:
+                raise ValueError(
+                    f"ppo.conv_channels: {layers} unpadded 3x3 conv layers need an observation window of at least "
+                    f"{2 * layers + 1}, but env.{name} is {window}; use at most {(window - 1) // 2} layers"
+                )
 
     def _check_initial_population(self) -> None:
         """Every trial drawn from the mutation domains must already keep explore's constraints."""
@@ -287,15 +347,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {pair!r}: {part} is set as a value elsewhere")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        node[leaf] = _parse_yaml(raw, f"--set {pair!r}") if raw else ""
     return nested
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Deep-merge `overrides` into `base`; a key that is neither in the file nor a model field is an error later."""
+    """Deep-merge `overrides` into `base`; a key that is neither in the file nor a model field is an error later.
+
+    A mutation's domain is replaced whole: its `type` decides which keys it has."""
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and prefix != "pbt.mutations.":
             merged[key] = _merge(merged[key], value, f"{prefix}{key}.")
         else:
             merged[key] = value
@@ -328,6 +390,47 @@ def check_run_name(name: str, flag: str = "--name") -> str:
     return name
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_config_text(path: str | Path) -> str:
+    """The file as UTF-8 text, read no further than `MAX_CONFIG_BYTES` (`--config /dev/zero` ends)."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"--config {path}: cannot read the file ({err.strerror or err})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a pbt-job config")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-3` (no dot) is a string; YAML 1.2 and users read a number."""
+
+    yaml_implicit_resolvers = {key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_YAMLLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"{where}: malformed YAML{at}: {detail}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a pbt-job config") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None, name: str | None = None) -> JobConfig:
     """Read a YAML file (or the defaults when `path` is None) and apply `--set` overrides.
 
@@ -347,16 +450,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, nam
     data: Any = {}
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError(f"--config {path}: cannot read the file ({err.strerror or err})") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+        data = _parse_yaml(_read_config_text(path), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (env, ppo, pbt, ...)")
     extra = parse_overrides(overrides or [])

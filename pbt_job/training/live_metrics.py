@@ -18,9 +18,9 @@ from typing import Any
 from ray import tune
 
 from pbt_job import metrics
-from pbt_job.result_keys import yaml_name
+from pbt_job.result_keys import AGENT_STEPS_PER_S_KEY, ENV_STEPS_PER_S_KEY, yaml_name
 from pbt_job.run_folder import RunFiles
-from pbt_job.training.algorithm import AGENT_STEPS_PER_S_KEY, CHECKPOINTS_KEY, ENV_STEPS_PER_S_KEY
+from pbt_job.training.algorithm import CHECKPOINTS_KEY
 
 
 class ExploitTimer:

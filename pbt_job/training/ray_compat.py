@@ -237,7 +237,8 @@ def delete_after_snapshot(tune_controller: Any) -> None:
     does not wait for an upload: every trial's results keep flowing.
     """
     if _Deletions.queued or _Deletions.unnamed:
-        tune_controller.checkpoint(force=True, wait=False)
+        # Schedulers get a proxy that warns on this call ("restricted") and then makes it.
+        getattr(tune_controller, "_tune_controller", tune_controller).checkpoint(force=True, wait=False)
         _delete(_Deletions.unnamed)
         _Deletions.queued, _Deletions.unnamed = [], _Deletions.queued
 
@@ -269,6 +270,19 @@ class ResultLog(_KeepLocalLog, JsonLoggerCallback):
 
 class ProgressLog(_KeepLocalLog, CSVLoggerCallback):
     """Tune's `progress.csv` logger, without losing lines at restarts (see `_KeepLocalLog`)."""
+
+
+# --- Ray core -------------------------------------------------------------------------------
+
+
+def cluster_may_grow() -> bool:
+    """False when this process started its Ray (`ray._private.worker._global_node.head`): a local
+    Ray has no autoscaler, so what it lacks now it lacks for good. A cluster the driver connected
+    to (a RayJob, `RAY_ADDRESS`) may autoscale. Ray has no public "was I started here" nor
+    "is there an autoscaler".
+    """
+    node = ray._private.worker._global_node
+    return node is None or not node.head
 
 
 # --- Ray Tune's Trainable -----------------------------------------------------------------

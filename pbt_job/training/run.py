@@ -9,7 +9,9 @@ ends by writing `summary.json` and the best trial's per-policy weights to `best/
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -19,6 +21,7 @@ import ray
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
+from pbt_job import interruption
 from pbt_job.errors import BadInput
 from pbt_job.result_keys import metric_value, yaml_name
 from pbt_job.run_folder import BEST_DIR, JOB_CONFIG_FILE, SUMMARY_FILE, RunFiles
@@ -27,7 +30,7 @@ from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict, resume_changes
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
-from pbt_job.training.ray_compat import ProgressLog, ResultLog, checkpoint_deletions_deferred
+from pbt_job.training.ray_compat import ProgressLog, ResultLog, checkpoint_deletions_deferred, cluster_may_grow
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class TrainOutcome:
     run_uri: str
     resumed: bool
     errors: int
+    interrupted: bool
 
 
 class RunRecorder(tune.Callback):
@@ -71,6 +75,35 @@ class RunRecorder(tune.Callback):
         ledger.config = {yaml_name(k): trial.config.get(k) for k in self.mutated}
         ledger.metric = metric_value(result, self.metric)
         self.run_files.save_ledgers()
+
+
+class PendingDemandLog(tune.Callback):
+    """On a cluster that may grow (an autoscaler adds nodes for pending trials), log once a minute
+    what the waiting trials ask for and what is free, instead of waiting silently."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self._logged_at = -math.inf
+        self._active = False
+
+    def setup(self, **info: Any) -> None:
+        self._active, self._logged_at = cluster_may_grow(), time.monotonic()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._active or time.monotonic() - self._logged_at < self.every_s:
+            return
+        pending = [t for t in trials if t.status == t.PENDING]
+        if pending:
+            self._logged_at = time.monotonic()
+            need = pending[0].placement_group_factory.required_resources
+            logger.warning(
+                "[resources] %d trial(s) waiting, each for %s; free now %s of %s",
+                len(pending), _amounts(need), _amounts(ray.available_resources(), need), _amounts(ray.cluster_resources(), need),
+            )
+
+
+def _amounts(resources: dict[str, float], names: Any = None) -> str:
+    return ", ".join(f"{resources.get(name, 0.0):g} {name}" for name in sorted(names or resources))
 
 
 def param_space(job: JobConfig) -> dict[str, Any]:
@@ -143,6 +176,8 @@ def train(
         _check_resume_config(run_files, job, location.display(name))
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    if not cluster_may_grow():
+        _check_one_trial_fits(job, ray.cluster_resources())
     mutated = list(initial_space(job.pbt))
     if exists:
         logger.info("[resume] continuing %s", location.display(name))
@@ -174,21 +209,41 @@ def train(
                     LiveMetrics(run_files, job.pbt.mode, mutated),
                     ResultLog(),
                     ProgressLog(),
+                    PendingDemandLog(),
                 ],
                 progress_reporter=progress_reporter,
                 verbose=1,
             ),
         )
     try:
-        with checkpoint_deletions_deferred():
+        with checkpoint_deletions_deferred(), interruption.passed_to_tune():
             results = tuner.fit()
     except Exception as err:
         outage = _storage_outage_behind(err)
         if outage is None:
             raise
         raise outage from err
-    summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode, mutated)
-    return TrainOutcome(summary=summary, run_uri=location.display(name), resumed=exists, errors=len(results.errors))
+    interrupted = interruption.received() is not None
+    summary = write_summary(run_files, results, job.pbt.metric, job.pbt.mode, mutated, interrupted)
+    return TrainOutcome(summary=summary, run_uri=location.display(name), resumed=exists, errors=len(results.errors),
+                        interrupted=interrupted)
+
+
+class ResourcesError(BadInput):
+    """A trial needs more of a resource than the whole (fixed-size) Ray cluster has."""
+
+
+def _check_one_trial_fits(job: JobConfig, cluster: dict[str, float]) -> None:
+    """On a cluster that cannot grow, a trial needing more than it has would stay pending forever."""
+    need = PBTPPO.default_resource_request(build_ppo_config(job)).required_resources
+    short = [name for name, amount in need.items() if amount > cluster.get(name, 0.0) + 1e-9]
+    if short:
+        raise ResourcesError(
+            f"resources: one trial needs {_amounts(need, short)} but this Ray cluster has {_amounts(cluster, short)} "
+            "in all; lower "
+            "resources.num_cpus_per_trial, num_env_runners x num_cpus_per_env_runner, num_learners or "
+            "num_gpus_per_learner, or run on a larger cluster"
+        )
 
 
 def _check_resume_config(run_files: RunFiles, job: JobConfig, where: str) -> None:
@@ -229,8 +284,10 @@ def _storage_outage_behind(err: BaseException) -> StorageOutage | None:
     return None
 
 
-def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str, mutated: list[str]) -> dict[str, Any]:
-    """`summary.json` and `best/<policy>/` from the final results."""
+def write_summary(
+    run_files: RunFiles, results: Any, metric: str, mode: str, mutated: list[str], interrupted: bool
+) -> dict[str, Any]:
+    """`summary.json` and `best/<policy>/` from the final results (so far, for an interrupted run)."""
     wall_time_s = run_files.wall_time()
     ledgers = run_files.ledgers()
     scored = [r for r in results if r.metrics and metric_value(r.metrics, metric) is not None]
@@ -238,6 +295,7 @@ def write_summary(run_files: RunFiles, results: Any, metric: str, mode: str, mut
     best = pick(scored, key=lambda r: metric_value(r.metrics, metric)) if scored else None
     env_steps = sum(ledger.env_steps_total for ledger in ledgers.values())
     summary: dict[str, Any] = {
+        "status": "interrupted" if interrupted else "finished",
         "metric": metric,
         "mode": mode,
         "best_trial": best.metrics.get("trial_id") if best else None,
