@@ -280,6 +280,13 @@ def test_irsa_role_kueue_queue_and_priority_of_the_shared_cluster_example():
     assert affinity == values["workerGroups"][0]["affinity"]
 
 
+def test_readme_shows_the_shared_cluster_example_as_tested():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Installing on a shared cluster"):]
+    [block] = re.findall(r"```yaml\n(.*?)```", section.split("\n### ")[0], re.DOTALL)
+    assert block == (REPO / SHARED_CLUSTER_VALUES).read_text()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_mounted_config_passes_pbt_job_validate(case, tmp_path):
     """The entrypoint reads the ConfigMap's job.yaml where the head mounts it, and `pbt-job validate` accepts it."""
