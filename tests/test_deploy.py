@@ -505,6 +505,10 @@ BAD_VALUES = {  # id: (release name, helm args, what stderr must say)
         RELEASE, pools({"shmSize": "1Gi", "rayStartParams": {"object-store-memory": "2000000000"}}),
         'workerGroups "gpu": rayStartParams object-store-memory (2000000000 bytes) is larger than /dev/shm (1Gi)',
     ),
+    "object store under Ray's minimum": (
+        RELEASE, pools({"resources": {"limits": {"cpu": "1", "memory": "200Mi", "nvidia.com/gpu": 1}}}),
+        "workerGroups \"gpu\": Ray's object store would get 50331648 bytes, below Ray's minimum of 75 MiB",
+    ),
     **{
         f"metricsPort on Ray's {name} port": (
             RELEASE, ("--set", f"job.metricsPort={port}"), f"job.metricsPort {port} is Ray's {name} port on the head"

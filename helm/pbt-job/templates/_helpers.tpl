@@ -281,11 +281,13 @@ Checks of one Ray group. Call with (dict "group" <group> "where" <how messages n
 {{- fail (printf "%s: resources.requests.%s (%v) is more than resources.limits.%s (%v); Helm merges your resources into the defaults, so set requests and limits together" $.where $name $request $name $limit) }}
 {{- end }}
 {{- end }}
-{{- with dig "object-store-memory" "" $params }}
 {{- $shm := include "pbt-job.shmSize" $group }}
-{{- if gt (float64 .) (include "pbt-job.quantity" $shm | float64) }}
-{{- fail (printf "%s: rayStartParams object-store-memory (%s bytes) is larger than /dev/shm (%s), so Ray would fall back to a disk-backed object store; raise shmSize or lower object-store-memory" $.where . $shm) }}
+{{- $store := get (include "pbt-job.rayStartParams" $group | fromYaml) "object-store-memory" }}
+{{- if gt (float64 $store) (include "pbt-job.quantity" $shm | float64) }}
+{{- fail (printf "%s: rayStartParams object-store-memory (%s bytes) is larger than /dev/shm (%s), so Ray would fall back to a disk-backed object store; raise shmSize or lower object-store-memory" .where $store $shm) }}
 {{- end }}
+{{- if lt (float64 $store) 78643200.0 }}
+{{- fail (printf "%s: Ray's object store would get %s bytes, below Ray's minimum of 75 MiB (78643200); raise resources.limits.memory or shmSize, or set rayStartParams object-store-memory" .where $store) }}
 {{- end }}
 {{- end }}
 
