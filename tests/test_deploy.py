@@ -120,12 +120,15 @@ def only(docs: tuple[dict, ...], kind: str, name_suffix: str = "") -> dict:
     return doc
 
 
+def ray_groups(rayjob: dict) -> dict[str, dict]:
+    """Group specs (rayStartParams and template) by group: "head" and each worker group name."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    return {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
+
+
 def ray_pods(rayjob: dict) -> dict[str, dict]:
     """Pod templates by group: "head" and each worker group name."""
-    cluster = rayjob["spec"]["rayClusterSpec"]
-    pods = {"head": cluster["headGroupSpec"]["template"]}
-    pods.update({group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]})
-    return pods
+    return {group: spec["template"] for group, spec in ray_groups(rayjob).items()}
 
 
 def forbid_unknown_fields(schema: dict) -> None:
@@ -322,12 +325,6 @@ def test_pods_run_as_non_root_with_cpu_and_memory_limits(case):
     if autoscaler:
         assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
         assert autoscaler["resources"]["requests"] == autoscaler["resources"]["limits"]
-
-
-def ray_groups(rayjob: dict) -> dict[str, dict]:
-    """Group specs (rayStartParams and template) by group: "head" and each worker group name."""
-    cluster = rayjob["spec"]["rayClusterSpec"]
-    return {"head": cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -582,7 +579,7 @@ def test_kind_files_agree_with_each_other():
     assert (kind_config["apiVersion"], kind_config["kind"]) == ("kind.x-k8s.io/v1alpha4", "Cluster")
     node_labels = [node.get("labels", {}) for node in kind_config["nodes"] if node["role"] == "worker"]
     for pool in values["workerGroups"]:
-        assert any(pool["nodeSelector"].items() <= labels.items() for labels in node_labels), pool["name"]
+        assert any(pool["nodeSelector"].items() <= labels.items() for labels in node_labels), pool["groupName"]
     script_text = (REPO / "scripts" / "kind-e2e.sh").read_text()
     script = dict(re.findall(r'^readonly (\w+)="([^"]*)"$', script_text, re.MULTILINE))
     pods = ray_pods(only(documents("cpu-only"), "RayJob")).values()
