@@ -268,6 +268,27 @@ def test_credentials_only_in_the_secret_or_from_the_service_account(case):
                 assert env[key]["valueFrom"]["secretKeyRef"] == {"name": expected.secret_ref, "key": key}, group
 
 
+def test_per_group_values_land_in_their_pod():
+    """KubeRay's per-group values go to that group's pod only; the chart's labels and env come first."""
+    proc = helm("template", RELEASE, str(CHART), *CASES["two-gpu-pools"].args, "--set", "head.serviceAccountName=driver")
+    assert proc.returncode == 0, proc.stderr
+    pods = ray_pods(only(tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc), "RayJob"))
+    head, a100, a10g = pods["head"], pods["a100"], pods["a10g"]
+    assert head["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+    assert [pod["spec"]["serviceAccountName"] for pod in (head, a100)] == ["driver", RELEASE]
+    assert a100["metadata"]["labels"]["team"] == "rl"
+    assert a100["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    assert "team" not in a10g["metadata"]["labels"] and "annotations" not in a10g["metadata"]
+    [container] = a100["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert names[-2:] == ["TUNE_GLOBAL_CHECKPOINT_S", "NCCL_DEBUG"] and names[0] == "AWS_ACCESS_KEY_ID"
+    assert "TUNE_GLOBAL_CHECKPOINT_S" in [e["name"] for e in a10g["spec"]["containers"][0]["env"]]
+    assert container["envFrom"] == [{"configMapRef": {"name": "nccl-settings"}}]
+    assert [v["name"] for v in a100["spec"]["volumes"]] == ["shared-memory", "datasets"]
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/dev/shm", "/data"]
+    assert [v["name"] for v in a10g["spec"]["volumes"]] == ["shared-memory"]
+
+
 def test_irsa_role_kueue_queue_and_priority_of_the_shared_cluster_example():
     docs = documents("shared-cluster")
     values = yaml.safe_load((REPO / SHARED_CLUSTER_VALUES).read_text())
