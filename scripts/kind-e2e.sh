@@ -6,7 +6,7 @@
 #   4. applies k8s/minio.yaml and waits for its bucket,
 #   5. installs the chart with k8s/kind-values.yaml (the quick population of `make run`),
 #   6. waits for jobDeploymentStatus=Complete, reading the pbt-job exporter on the head
-#      while the job runs,
+#      and checking its memory-backed /dev/shm while the job runs,
 #   7. checks that checkpoints and lineage.jsonl are in the MinIO bucket.
 #
 # Needs a running Docker engine (about 6 CPUs and 12 GiB for it), kind, kubectl and helm
@@ -54,16 +54,31 @@ cleanup() {
     fi
 }
 
-# The driver (and its exporter) runs in the head pod's ray-head container.
-scrape_exporter() {
-    local head metrics
+head_pod() {
+    local head
     head="$(k get pod -l "app.kubernetes.io/instance=${RELEASE},app.kubernetes.io/component=head" -o name)"
     head="${head%%$'\n'*}"
     [[ -n "${head}" ]] || return 1
+    printf '%s\n' "${head}"
+}
+
+# The driver (and its exporter) runs in the head pod's ray-head container.
+scrape_exporter() {
+    local head metrics
+    head="$(head_pod)" || return 1
     metrics="$(k exec "${head}" -c ray-head -- python -c \
         "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:${METRICS_PORT}/metrics', timeout=5).read().decode())" \
         2>/dev/null)" || return 1
     grep -q '^pbt_trial_iteration' <<<"${metrics}"
+}
+
+# /dev/shm is the chart's memory-backed emptyDir (shmSize), not the container's 64 MB.
+check_shared_memory() {
+    local head size_kib
+    head="$(head_pod)" || die "no head pod to check /dev/shm on"
+    size_kib="$(k exec "${head}" -c ray-head -- df --output=size -k /dev/shm | tail -n 1)"
+    ((size_kib > 65536)) || die "/dev/shm on ${head} has ${size_kib} KiB, not the chart's shmSize"
+    log "/dev/shm on the head: ${size_kib} KiB"
 }
 
 wait_for_job() {
@@ -80,6 +95,7 @@ wait_for_job() {
         if ((!metrics_seen)) && [[ "${status}" == Running ]] && scrape_exporter; then
             log "the exporter on the head answered on port ${METRICS_PORT}"
             metrics_seen=1
+            check_shared_memory
         fi
     done
     local job_status

@@ -16,9 +16,10 @@ TINY = REPO / "tests" / "data" / "tiny.yaml"
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`pbt-job ARGS` with this environment, changed by `env` (a None value removes the variable)."""
+    environ = {key: value for key, value in {**os.environ, **(env or {})}.items() if value is not None}
     return subprocess.run(
-        [sys.executable, "-m", "pbt_job.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
+        [sys.executable, "-m", "pbt_job.cli", *args], capture_output=True, text=True, timeout=timeout, env=environ, cwd=REPO
     )
 
 
@@ -70,6 +71,35 @@ def test_validate_and_train_reject_bad_storage_before_training(bucket, tmp_path,
         assert_bad_input(proc, *needles)
         assert time.monotonic() - started < 60, "storage problems are found before any trial starts"
     assert list_keys(bucket) == []
+
+
+@pytest.mark.slow
+def test_a_shared_credentials_file_alone_serves_validate_train_and_report(bucket, tmp_path):
+    """No key in the environment: the default AWS credential chain reads AWS_SHARED_CREDENTIALS_FILE
+    (as it reads a web identity token under IRSA) in the CLI, in Ray's trial workers and in report."""
+
+    def credentials_file(name: str, secret: str) -> dict[str, str | None]:
+        path = tmp_path / name
+        path.write_text(f"[pbt-job]\naws_access_key_id = {os.environ['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {secret}\n")
+        return {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+                "AWS_SHARED_CREDENTIALS_FILE": str(path), "AWS_PROFILE": "pbt-job",
+                "AWS_CONFIG_FILE": str(tmp_path / "no-config"), "AWS_EC2_METADATA_DISABLED": "true", "RAY_ADDRESS": "local"}
+
+    storage = f"s3://{bucket}/runs"
+    wrong = credentials_file("wrong-credentials", "wrong-secret")
+    assert_bad_input(run_cli("validate", "--config", str(TINY), "--storage", storage, env=wrong, timeout=120),
+                     "refused the credentials")
+    env = credentials_file("credentials", os.environ["AWS_SECRET_ACCESS_KEY"])
+    proc = run_cli("validate", "--config", str(TINY), "--storage", storage, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "credentials accepted" in proc.stdout
+    proc = run_cli("train", "--config", str(TINY), "--storage", storage, "--set", "stop.training_iteration=3", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    keys = list_keys(bucket, "runs/tiny/")
+    assert any("/checkpoint_" in key for key in keys), keys
+    proc = run_cli("report", f"{storage}/tiny", "--out", str(tmp_path / "report"), env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "report" / "report.md").is_file()
 
 
 CONFIG_CASES = {
