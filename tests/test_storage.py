@@ -307,3 +307,11 @@ def test_a_secret_in_an_endpoint_or_uri_never_reaches_the_output(s3_endpoint, bu
     if code == 2:
         assert_bad_input(proc)
     assert "***@" in proc.stdout + proc.stderr or case == "out-uri", "the place is still named"
+
+
+@pytest.mark.parametrize("command", ["validate", "train", "report"])
+def test_a_retry_limit_of_inf_is_bad_input_for_every_command(tmp_path, command):
+    args = ("report", str(tmp_path)) if command == "report" else (command, "--config", str(TINY), "--storage", str(tmp_path))
+    proc = run_cli(*args, env={"PBT_JOB_STORAGE_RETRY_S": "inf"}, timeout=60)
+    assert_bad_input(proc, "PBT_JOB_STORAGE_RETRY_S='inf'", "from 0 to 86400")
+    assert not any(tmp_path.iterdir()), "nothing is written"
