@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from matplotlib.image import imread
 
 from conftest import REPO, list_keys, read_object
+from test_cli import tree
 from pbt_job.cli import main
 from pbt_job.report import plots
 from pbt_job.report.ancestry import Exploit, Segment, ancestry, clones_before, discarded, inherited, segment_end
@@ -380,16 +381,23 @@ def write_run(root: Path, files: dict[str, Any]) -> Path:
     return root
 
 
+DELETE = object()
+
+
+def set_at(root: Any, path: tuple, value: Any) -> None:
+    """Set the place `path` of nested objects and lists to `value` (`DELETE`: remove it)."""
+    for part in path[:-1]:
+        root = root[part]
+    if value is DELETE:
+        del root[path[-1]]
+    else:
+        root[path[-1]] = value
+
+
 def edited(files: dict[str, Any], name: str, path: tuple = (), value: Any = None) -> dict[str, Any]:
     """`files` with the field at `path` of file `name` set to `value` (`path` empty: the whole file)."""
     files = copy.deepcopy(files)
-    if not path:
-        files[name] = value
-        return files
-    node = files[name]
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
+    set_at(files, (name, *path), value)
     return files
 
 
@@ -506,10 +514,6 @@ def test_an_out_that_cannot_be_written_exits_2_at_once_naming_out(s3_endpoint, t
     assert tree(run) == before and (tmp_path / "taken").read_text() == "a file, not a folder"
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 # Fuzz: any JSON value (or bytes) anywhere the report reads gives exit 0 or 2, one line at most, no traceback.
 
 JSON_VALUES = st.recursive(
@@ -518,7 +522,6 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=5,
 )
-DELETE = object()
 
 
 def field_paths(value: Any, prefix: tuple = ()) -> list[tuple]:
@@ -543,16 +546,8 @@ def damaged_runs(draw) -> dict[str, Any]:
         name = draw(st.sampled_from(sorted(FUZZ_PLACES)))
         path = draw(st.sampled_from(FUZZ_PLACES[name]))
         value = draw(st.binary(max_size=24) if not path and draw(st.booleans()) else JSON_VALUES | st.just(DELETE))
-        try:
-            parent = files[name] if path else files
-            for part in (path or (name,))[:-1]:
-                parent = parent[part]
-            if value is DELETE:
-                del parent[(path or (name,))[-1]]
-            else:
-                parent[(path or (name,))[-1]] = value
-        except (KeyError, IndexError, TypeError):  # an earlier edit removed or replaced this place
-            continue
+        with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier edit removed or replaced this place
+            set_at(files, (name, *path), value)
     return files
 
 
