@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +25,7 @@ import botocore.config
 import pyarrow.fs
 import pytest
 
-from conftest import free_port
+from conftest import REPO, free_port
 from pbt_job.storage import StorageError, StorageOutage, is_outage, parse_storage_uri, redact, retry_limit_s, retry_storage
 from test_cli import TINY, assert_bad_input, run_cli
 
@@ -315,3 +317,14 @@ def test_a_retry_limit_of_inf_is_bad_input_for_every_command(tmp_path, command):
     proc = run_cli(*args, env={"PBT_JOB_STORAGE_RETRY_S": "inf"}, timeout=60)
     assert_bad_input(proc, "PBT_JOB_STORAGE_RETRY_S='inf'", "from 0 to 86400")
     assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+@pytest.mark.parametrize("case", ["file-relative", "bucket-port", "bucket-credentials", "bucket-space"])
+def test_validate_refuses_a_uri_with_another_meaning(tmp_path, case):
+    uri, needles = URI_REFUSALS[case]
+    root_runs = sorted(Path("/runs").rglob("*")) if Path("/runs").exists() else None  # where file://data/runs went
+    proc = subprocess.run([sys.executable, "-m", "pbt_job.cli", "validate", "--config", str(TINY), "--storage", uri],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert_bad_input(proc, "--storage", *needles)
+    assert not any(tmp_path.iterdir()), "nothing is created here"
+    assert (sorted(Path("/runs").rglob("*")) if Path("/runs").exists() else None) == root_runs, "nor at /runs"
