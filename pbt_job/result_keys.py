@@ -7,6 +7,7 @@ start in a second.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 SCORE_KEY = "pbt_score"
@@ -51,4 +52,6 @@ def metric_value(result: dict[str, Any], dotted: str) -> float | None:
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
-    return float(node) if isinstance(node, (int, float)) else None
+    if not isinstance(node, (int, float)) or (isinstance(node, int) and abs(node) > sys.float_info.max):
+        return None  # not a number, or an integer no float holds (a file's 10**400)
+    return float(node)

@@ -29,8 +29,9 @@ filesystem from `pbt_job.storage`):
 * `best/<policy>/`: the best trial's RLModules, written at the end.
 * `<trial folder>/result.json`: Tune's, one JSON line per iteration (`RESULT_FILE`).
 
-Files are untrusted input: a corrupt line or document is skipped with a warning,
-never executed (JSON only, no pickle).
+Files are untrusted input: a corrupt line, ledger or state document is skipped with
+a warning, never executed (JSON only, no pickle); `read_document` is for a reader
+that cannot go on without the document and raises `MalformedRunFile` instead.
 
 Caching: a writer `RunFiles` (the default) reads each file once, on first use, then
 keeps it in memory and writes it whole: the run has one writer, the driver (its
@@ -45,12 +46,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
 
 import pyarrow.fs
 
+from pbt_job.errors import BadInput
 from pbt_job.storage import read_text, write_text
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,37 @@ JOB_CONFIG_FILE = "job_config.json"
 RESULT_FILE = "result.json"
 """Tune's per-trial results, in each trial folder."""
 BEST_DIR = "best"
+
+
+class MalformedRunFile(BadInput):
+    """A file of the run folder is not what pbt-job writes; the message names the file (and the field)."""
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number a float can hold: NaN and infinities yes; a bool or a 400-digit integer no."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or abs(value) <= sys.float_info.max
+
+
+def is_finite(value: Any) -> bool:
+    """A JSON number that is a finite float."""
+    return is_number(value) and math.isfinite(value)
+
+
+def is_count(value: Any) -> bool:
+    """A JSON integer >= 0 that a float holds exactly (iterations, env steps, exploits)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**53
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads`, with every way text fails to be JSON a `ValueError` (too deep a nesting included)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{err.msg} at line {err.lineno}") from None
 
 
 @dataclass
@@ -78,6 +112,23 @@ class TrialLedger:
     session_starts: list[int] = field(default_factory=list)
     """Per driver session, the iteration the trial continued from (0: from scratch)."""
 
+    @classmethod
+    def from_json(cls, data: Any) -> TrialLedger | None:
+        """The ledger `pbt_state.jsonl` holds as `data`; None when a field is unknown or of the wrong type."""
+        if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(cls)}:
+            return None
+        if not all(check(data[name]) for name, check in LEDGER_CHECKS.items() if name in data):
+            return None
+        return cls(**data)
+
+
+LEDGER_CHECKS = {
+    "last_perturbation_time": is_finite, "last_train_time": is_finite, "env_steps_total": is_count,
+    "iteration": is_count, "config": lambda v: isinstance(v, dict), "metric": lambda v: v is None or is_number(v),
+    "session_starts": lambda v: isinstance(v, list) and all(is_count(i) for i in v),
+}
+"""The type of each `TrialLedger` field as `pbt_state.jsonl` must hold it (NaN is a metric, not a time)."""
+
 
 def json_lines(text: str, source: str, tag: str) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each non-empty JSON line; a line that is not JSON is skipped with a warning."""
@@ -85,9 +136,9 @@ def json_lines(text: str, source: str, tag: str) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
-            logger.warning("[%s] %s line %d skipped: not JSON (%s)", tag, source, number, err.msg)
+            yield number, parse_json(line)
+        except ValueError as err:
+            logger.warning("[%s] %s line %d skipped: not JSON (%s)", tag, source, number, err)
 
 
 def parse_lineage(text: str, source: str = LINEAGE_FILE) -> list[dict[str, Any]]:
@@ -192,10 +243,11 @@ class RunFiles:
         ledgers = {}
         trials = (self.read_json(STATE_FILE) or {}).get("trials")
         for trial_id, fields in (trials.items() if isinstance(trials, dict) else ()):
-            try:
-                ledgers[trial_id] = TrialLedger(**fields)
-            except TypeError:
-                logger.warning("[state] %s: entry for trial %s skipped: unexpected fields", STATE_FILE, trial_id)
+            ledger = TrialLedger.from_json(fields)
+            if ledger is None:
+                logger.warning("[state] %s: entry for trial %s skipped: unexpected fields or types", STATE_FILE, trial_id)
+            else:
+                ledgers[trial_id] = ledger
         if self.writer:
             self._ledgers = ledgers
         return ledgers
@@ -209,33 +261,41 @@ class RunFiles:
         """Seconds this run has trained, over all driver sessions (this one counted from its start)."""
         self._check_writer("counting this session's wall time")
         if self._stored_wall_time is None:
-            value = (self.read_json(STATE_FILE) or {}).get("wall_time_s", 0.0)
-            self._stored_wall_time = float(value) if isinstance(value, (int, float)) else 0.0
+            self._stored_wall_time = self.stored_wall_time() or 0.0
         return self._stored_wall_time + time.time() - self._session_start
 
     def stored_wall_time(self) -> float | None:
         """`wall_time_s` as `pbt_state.jsonl` holds it (what a reader sees of a run's wall time)."""
         value = (self.read_json(STATE_FILE) or {}).get("wall_time_s")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return None
-        return float(value)
+        return float(value) if is_finite(value) else None
 
     def save_ledgers(self) -> None:
         trials = {trial_id: asdict(ledger) for trial_id, ledger in self.ledgers().items()}
         self.write_json(STATE_FILE, {"trials": trials, "wall_time_s": self.wall_time()})
 
     def read_json(self, name: str) -> dict[str, Any] | None:
+        """The JSON object stored as `name`; None when there is none, or (with a warning) when it is malformed."""
+        try:
+            return self.read_document(name)
+        except MalformedRunFile as err:
+            logger.warning("[state] %s; ignoring it", err)
+            return None
+
+    def read_document(self, name: str) -> dict[str, Any] | None:
+        """The JSON object stored as `name`; None when there is no such file.
+
+        Raises:
+            MalformedRunFile: it is not JSON (truncated, binary) or not a JSON object.
+        """
         text = read_text(self.fs, self.path(name))
         if text is None:
             return None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            logger.warning("[state] %s is not valid JSON (%s); ignoring it", name, err.msg)
-            return None
+            data = parse_json(text)
+        except ValueError as err:
+            raise MalformedRunFile(f"{self.path(name)} is not valid JSON ({err})") from None
         if not isinstance(data, dict):
-            logger.warning("[state] %s is not a JSON object; ignoring it", name)
-            return None
+            raise MalformedRunFile(f"{self.path(name)} is not a JSON object but a {type(data).__name__}")
         return data
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:

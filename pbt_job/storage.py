@@ -10,23 +10,29 @@ The pyarrow filesystem is built with the endpoint explicitly (a bare
 them from the environment when used, so pickled copies (Tune pickles its storage
 into `tuner.pkl` and experiment state) never contain a secret.
 
+`parse_storage_uri` gives every URI one meaning or refuses it: a `file://` URI
+needs an absolute path (`file://data/runs` would name host `data`), an `s3://`
+bucket must be a name S3 allows. Messages never show the userinfo of a URI or of
+`AWS_ENDPOINT_URL` (`redact`).
+
 `check_storage` proves before any trial starts that the root is reachable and
-writable (`check_readable`: reachable, for a reader), turning each failure into a
-`StorageError` that names the endpoint and says what to fix. These checks wait at
-most a few seconds per call (`PREFLIGHT_*`), so a dead or hung endpoint is named
-within ~10 s.
+writable (`check_writable`: writable, for a report; `check_readable`: reachable,
+for a reader), turning each failure into a `StorageError` that names the flag or
+the endpoint and says what to fix. These checks wait at most a few seconds per call
+(`PREFLIGHT_*`), so a dead or hung endpoint is named within ~10 s.
 
 Once a run is going, storage may go away for a while (a MinIO restart, a network
 blip): `retry_storage` retries what `is_outage` calls an outage (connection
 failures, timeouts, 5xx, throttling) for up to `PBT_JOB_STORAGE_RETRY_S` seconds
-(default 300) before it gives up with `StorageOutage`; the run then stops and the
-same command resumes it. Anything else (access denied, not found, file exists, too
-many open files, ...) is raised at once, as it is.
+(default 300, at most a day) before it gives up with `StorageOutage`; the run then
+stops and the same command resumes it. Anything else (access denied, not found,
+file exists, too many open files, ...) is raised at once, as it is.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import re
@@ -55,6 +61,8 @@ RETRY_ENV = "PBT_JOB_STORAGE_RETRY_S"
 MIN_FREE_ENV = "PBT_JOB_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 200
 DEFAULT_RETRY_S = 300.0
+MAX_RETRY_S = 86400.0
+"""A day: a longer wait is a typo (or `inf`), and a run that waits for ever looks hung."""
 MAX_RETRY_DELAY_S = 10.0
 
 OUTAGE_ERRNOS = frozenset({
@@ -72,6 +80,11 @@ OUTAGE_S3_CODES = frozenset({
 })
 """S3 error codes (botocore `ClientError`) for timeouts, 5xx and throttling."""
 _PYARROW_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_RULE = "3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+"""S3's bucket naming rules (general purpose buckets), besides: no `..`, not an IP address."""
+REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+"""What botocore accepts as a region name (`InvalidRegionError` otherwise)."""
 
 T = TypeVar("T")
 
@@ -91,11 +104,25 @@ class StorageOutage(OSError):
         )
 
 
+def redact(uri: str) -> str:
+    """`uri` for messages and logs: all between its scheme and its last `@` (`user:password@`) becomes `***@`.
+
+    Up to the *last* `@`: a secret key may hold a `/`, so the end of the host cannot be told
+    from the URI; an `@` in a path hides a little too much, never a secret.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri  # `key:secret@host:9000`, no scheme
+    if "@" not in rest:
+        return uri
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
+
+
 def retry_limit_s() -> float:
     """Seconds a storage write is retried during an outage, from `PBT_JOB_STORAGE_RETRY_S`.
 
     Raises:
-        StorageError: the variable is not a number >= 0.
+        StorageError: the variable is not a number from 0 to `MAX_RETRY_S` (NaN and `inf` are refused).
     """
     text = os.environ.get(RETRY_ENV, "").strip()
     if not text:
@@ -104,8 +131,11 @@ def retry_limit_s() -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise StorageError(f"{RETRY_ENV}={text!r}: write the seconds storage writes are retried, e.g. {RETRY_ENV}=300")
+    if not 0 <= value <= MAX_RETRY_S:
+        raise StorageError(
+            f"{RETRY_ENV}={text!r}: write the seconds storage writes are retried, from 0 to {MAX_RETRY_S:.0f}, "
+            f"e.g. {RETRY_ENV}=300"
+        )
     return value
 
 
@@ -170,12 +200,19 @@ class StorageLocation:
         is_s3: True for `s3://`, False for a local folder.
         path: Path in the filesystem: `bucket/prefix` for S3, an absolute path locally.
         bucket: The S3 bucket ("" locally).
+        flag: The flag or argument that named it (`--storage`, `--out`, `run folder`), for messages.
     """
 
     uri: str
     is_s3: bool
     path: str
     bucket: str = ""
+    flag: str = "--storage"
+
+    @property
+    def named(self) -> str:
+        """How messages name it: the flag and the URI."""
+        return f"{self.flag} {self.uri}"
 
     def join(self, *parts: str) -> str:
         return "/".join([self.path.rstrip("/"), *parts])
@@ -185,63 +222,122 @@ class StorageLocation:
         return f"s3://{self.join(*parts)}" if self.is_s3 else self.join(*parts)
 
 
-def parse_storage_uri(uri: str) -> StorageLocation:
-    """Parse `--storage`.
+def parse_storage_uri(uri: str, flag: str = "--storage") -> StorageLocation:
+    """Parse a storage URI given by `flag` (`--storage`, `--out`, `run folder`: messages name it).
 
     Raises:
-        StorageError: an unsupported scheme or an `s3://` URI without a bucket.
+        StorageError: an unsupported scheme, a `file://` URI without an absolute path, an
+            `s3://` URI without a bucket S3 allows, or a path whose `~user` does not exist.
     """
     if not uri or not uri.strip():
-        raise StorageError("--storage is empty: give a folder (./runs) or s3://bucket/prefix")
+        raise StorageError(f"{flag} is empty: give a folder (./runs) or s3://bucket/prefix")
     uri = uri.strip().rstrip("/") or "/"
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
+    shown = f"{flag} {redact(uri) if scheme else uri}"
     if scheme in S3_SCHEMES:
         if not parsed.netloc:
-            raise StorageError(f"--storage {uri}: no bucket; write s3://BUCKET/optional/prefix")
+            raise StorageError(f"{shown}: no bucket; write s3://BUCKET/optional/prefix")
         if parsed.query or parsed.fragment:
-            raise StorageError(f"--storage {uri}: remove the '?'/'#' part; set the endpoint with AWS_ENDPOINT_URL")
+            raise StorageError(f"{shown}: remove the '?'/'#' part; set the endpoint with AWS_ENDPOINT_URL")
+        _check_bucket_name(parsed.netloc, shown)
         prefix = parsed.path.strip("/")
         path = f"{parsed.netloc}/{prefix}" if prefix else parsed.netloc
-        return StorageLocation(uri=f"s3://{path}", is_s3=True, path=path, bucket=parsed.netloc)
+        return StorageLocation(uri=f"s3://{path}", is_s3=True, path=path, bucket=parsed.netloc, flag=flag)
     if scheme in ("gs", "gcs"):
         raise StorageError(
-            f"--storage {uri}: use GCS through its S3 API: s3://BUCKET/prefix with "
+            f"{shown}: use GCS through its S3 API: s3://BUCKET/prefix with "
             "AWS_ENDPOINT_URL=https://storage.googleapis.com and HMAC keys"
         )
     if scheme == "file":
-        return StorageLocation(uri=uri, is_s3=False, path=str(Path(parsed.path).resolve()))
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise StorageError(
+                f"{shown}: a file:// URI needs an absolute path (file://data/runs names host 'data'); "
+                "use file:///abs/path or a plain path"
+            )
+        return StorageLocation(uri=uri, is_s3=False, path=str(Path(parsed.path).resolve()), flag=flag)
     if scheme and len(scheme) > 1:
-        raise StorageError(f"--storage {uri}: unsupported scheme {scheme}://; use a folder or s3://bucket/prefix")
-    return StorageLocation(uri=uri, is_s3=False, path=str(Path(uri).expanduser().resolve()))
+        raise StorageError(f"{shown}: unsupported scheme {scheme}://; use a folder or s3://bucket/prefix")
+    try:
+        path = Path(uri).expanduser()
+    except RuntimeError:  # `~name` of a user this machine does not know
+        user = uri.split("/", 1)[0]
+        raise StorageError(f"{shown}: {user!r} is no user's home folder here; write the path without '~'") from None
+    return StorageLocation(uri=uri, is_s3=False, path=str(path.resolve()), flag=flag)
+
+
+def _check_bucket_name(bucket: str, shown: str) -> None:
+    """Refuse what S3 would refuse as a bucket name (a port or credentials in the URI, spaces, capitals, ...)."""
+    if "@" in bucket:
+        raise StorageError(
+            f"{shown}: credentials do not belong in the URI; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    port_hint = "; set the endpoint and its port with AWS_ENDPOINT_URL" if ":" in bucket else ""
+    if not BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _is_ip_address(bucket):
+        raise StorageError(f"{shown}: {bucket!r} is not an S3 bucket name ({BUCKET_RULE}, not an IP address){port_hint}")
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class S3Endpoint:
-    """The S3 endpoint from `AWS_ENDPOINT_URL` (None: AWS itself) and the region."""
+    """The S3 endpoint from `AWS_ENDPOINT_URL` (None: AWS itself) and the region.
+
+    Attributes:
+        url: The endpoint URL as set, userinfo included (only for the S3 client).
+        shown: How messages name the endpoint: the URL without userinfo, or "AWS S3".
+        host: `host:port` for pyarrow.
+        scheme: http or https.
+        region: From `AWS_DEFAULT_REGION` or `AWS_REGION` (default us-east-1).
+    """
 
     url: str | None
+    shown: str
     host: str | None
     scheme: str
     region: str
 
     @classmethod
     def from_env(cls) -> S3Endpoint:
+        """The endpoint and region the AWS variables name.
+
+        Raises:
+            StorageError: the endpoint is not an http(s) URL, or the region is not a region name.
+        """
         url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        region = _region_from_env()
         if url is None:
-            return cls(url=None, host=None, scheme="https", region=region)
+            return cls(url=None, shown="AWS S3", host=None, scheme="https", region=region)
+        shown = redact(url)
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise StorageError(
-                f"AWS_ENDPOINT_URL={url!r} is not a URL; write it like http://minio:9000 or https://s3.example.com"
+                f"AWS_ENDPOINT_URL={shown!r} is not a URL; write it like http://minio:9000 or https://s3.example.com"
             )
         try:
             port = parsed.port
         except ValueError:
-            raise StorageError(f"AWS_ENDPOINT_URL={url!r} has a bad port; write it like http://minio:9000") from None
+            raise StorageError(f"AWS_ENDPOINT_URL={shown!r} has a bad port; write it like http://minio:9000") from None
         host = f"{parsed.hostname}:{port}" if port else parsed.hostname
-        return cls(url=url, host=host, scheme=parsed.scheme, region=region)
+        return cls(url=url, shown=shown, host=host, scheme=parsed.scheme, region=region)
+
+
+def _region_from_env() -> str:
+    for variable in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        region = os.environ.get(variable)
+        if region:
+            if not REGION_NAME.fullmatch(region):
+                raise StorageError(
+                    f"{variable}={region!r} is not a region name; write it like us-east-1 (MinIO accepts any such name)"
+                )
+            return region
+    return "us-east-1"
 
 
 def _check_credentials_env() -> None:
@@ -280,6 +376,20 @@ def check_storage(location: StorageLocation) -> list[str]:
     return _check_local(location)
 
 
+def check_writable(location: StorageLocation) -> list[str]:
+    """Prove `location` can be written now, as `check_storage` does, but ask for no free space.
+
+    For what is small (a report), where `check_storage`'s room for checkpoints does not apply.
+
+    Raises:
+        StorageError: the first problem found, with the fix.
+    """
+    retry_limit_s()
+    if location.is_s3:
+        return _check_s3(location, write=True)
+    return _check_local(location, needed_mb=0)
+
+
 def check_readable(location: StorageLocation) -> list[str]:
     """Prove an S3 `location` can be read now: endpoint answers, credentials accepted, bucket exists.
 
@@ -295,8 +405,9 @@ def check_readable(location: StorageLocation) -> list[str]:
     return _check_s3(location, write=False) if location.is_s3 else []
 
 
-def _check_local(location: StorageLocation) -> list[str]:
-    """A probe write, then enough free space; a refused check leaves no folder behind."""
+def _check_local(location: StorageLocation, needed_mb: int | None = None) -> list[str]:
+    """A probe write, then enough free space (`needed_mb`; None: `PBT_JOB_MIN_FREE_MB`); a refused check
+    leaves no folder behind."""
     root = Path(location.path).absolute()
     existing = next(p for p in (root, *root.parents) if p.exists())
     first_created = None if existing == root else existing / root.relative_to(existing).parts[0]
@@ -306,10 +417,10 @@ def _check_local(location: StorageLocation) -> list[str]:
         probe.write_bytes(b"probe")
         probe.unlink()
         free_mb = shutil.disk_usage(root).free // 2**20
-        needed_mb = _min_free_mb()
+        needed_mb = _min_free_mb() if needed_mb is None else needed_mb
         if free_mb < needed_mb:
             raise StorageError(
-                f"--storage {location.uri}: only {free_mb} MB free there, {needed_mb} MB needed for checkpoints; "
+                f"{location.named}: only {free_mb} MB free there, {needed_mb} MB needed for checkpoints; "
                 f"free some space, choose another --storage, or lower {MIN_FREE_ENV}"
             )
     except (OSError, StorageError) as err:
@@ -318,7 +429,7 @@ def _check_local(location: StorageLocation) -> list[str]:
         if isinstance(err, StorageError):
             raise
         reason = err.strerror or str(err)
-        raise StorageError(f"--storage {location.uri}: cannot write there ({reason}); choose a writable folder") from None
+        raise StorageError(f"{location.named}: cannot write there ({reason}); choose a writable folder") from None
     return [f"local folder {root} is writable, {free_mb} MB free"]
 
 
@@ -338,7 +449,7 @@ def _check_s3(location: StorageLocation, write: bool) -> list[str]:
 
     _check_credentials_env()
     endpoint = S3Endpoint.from_env()
-    where = endpoint.url or "AWS S3"
+    where = endpoint.shown
     client = boto3.client(
         "s3",
         endpoint_url=endpoint.url,
@@ -381,7 +492,7 @@ def _explain_s3_error(err, location: StorageLocation, where: str) -> str:
     code = str(err.response.get("Error", {}).get("Code", ""))
     status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in ("404", "NoSuchBucket"):
-        return f"bucket {location.bucket} does not exist at {where}; create it (e.g. mc mb) or fix --storage"
+        return f"bucket {location.bucket} does not exist at {where}; create it (e.g. mc mb) or fix {location.flag}"
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken") or (
         code in ("403", "AccessDenied") and status == 403
     ):

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pyarrow.fs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from matplotlib.image import imread
 
 from conftest import REPO, list_keys, read_object
+from test_cli import tree
 from pbt_job.cli import main
 from pbt_job.report import plots
 from pbt_job.report.ancestry import Exploit, Segment, ancestry, clones_before, discarded, inherited, segment_end
@@ -325,3 +334,231 @@ def test_report_of_a_real_s3_run(s3_run, tmp_path, monkeypatch):
     assert write_report(run_uri, f"s3://{bucket}/reports/tiny") == f"s3://{bucket}/reports/tiny/report.md"
     written = [key for key in list_keys(bucket, "reports/tiny/") if not key.endswith("/")]  # "/": folder markers
     assert sorted(written) == sorted(f"reports/tiny/{name}" for name in FILES)
+
+
+# Damaged and hostile run files: bad input (exit 2, one line naming the file and the field) or a graceful report,
+# never a traceback. Each case edits one field of a small finished run written here.
+
+TRIALS = ("t0", "t1")
+
+
+def small_run_files() -> dict[str, Any]:
+    """A finished run of two trials, four iterations each, one exploit: file -> JSON document, or its lines."""
+    results = {
+        trial: [{"trial_id": trial, "training_iteration": i, "timestamp": 100 + 10 * i + k, "time_this_iter_s": 5.0,
+                 "pbt_score": float(i + k), "config": {"lr": 1e-3, "clip_param": 0.2 + k / 10, "entropy_coeff": 0.0},
+                 "env_runners": {"module_episode_returns_mean": {"type_1_prey": float(i)}}} for i in range(1, 5)]
+        for k, trial in enumerate(TRIALS)
+    }
+    exploit = {"event": "exploit", "time": 121.5, "iteration": 2, "recipient": "t0", "donor": "t1", "donor_iteration": 2}
+    ledgers = {trial: {"env_steps_total": 512, "iteration": 4, "metric": 4.0, "session_starts": [0]} for trial in TRIALS}
+    return {
+        "job_config.json": config_to_dict(load_config(TINY)),
+        "summary.json": {"metric": "pbt_score", "mode": "max", "best_trial": "t1", "best_metric": 5.0,
+                         "best_hyperparameters": {"lr": 1e-3, "clip_param": 0.3, "entropy_coeff": 0.0}, "exploits": 1,
+                         "env_steps_total": 1024, "wall_time_s": 60.0, "env_steps_per_s": 17.07,
+                         "trials": {trial: {"iteration": 4} for trial in TRIALS}, "errors": 0},
+        "lineage.jsonl": [exploit],
+        "pbt_state.jsonl": {"trials": ledgers, "wall_time_s": 60.0},
+        **{f"PBTPPO_{trial}/result.json": lines for trial, lines in results.items()},
+    }
+
+
+LINE_FILES = ("lineage.jsonl", "PBTPPO_t0/result.json", "PBTPPO_t1/result.json")
+
+
+def write_run(root: Path, files: dict[str, Any]) -> Path:
+    """Write `files` (from `small_run_files`, edited) as a run folder; bytes are written as they are."""
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif name in LINE_FILES and isinstance(content, list):
+            path.write_text("".join(json.dumps(line) + "\n" for line in content))
+        else:
+            path.write_text(json.dumps(content) + "\n")
+    return root
+
+
+DELETE = object()
+
+
+def set_at(root: Any, path: tuple, value: Any) -> None:
+    """Set the place `path` of nested objects and lists to `value` (`DELETE`: remove it)."""
+    for part in path[:-1]:
+        root = root[part]
+    if value is DELETE:
+        del root[path[-1]]
+    else:
+        root[path[-1]] = value
+
+
+def edited(files: dict[str, Any], name: str, path: tuple = (), value: Any = None) -> dict[str, Any]:
+    """`files` with the field at `path` of file `name` set to `value` (`path` empty: the whole file)."""
+    files = copy.deepcopy(files)
+    set_at(files, (name, *path), value)
+    return files
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("pbt-job:")]
+
+
+DAMAGED = {  # file, field path, value -> what the one line must say (besides the file's name)
+    "hyperparameters-null": ("summary.json", ("best_hyperparameters",), None, "best_hyperparameters is null"),
+    "hyperparameter-huge": ("summary.json", ("best_hyperparameters", "lr"), 10**400, "best_hyperparameters is"),
+    "env-steps-text": ("summary.json", ("env_steps_total",), "many", 'env_steps_total is "many", not a count'),
+    "exploits-negative": ("summary.json", ("exploits",), -1, "exploits is -1, not a count"),
+    "exploits-bool": ("summary.json", ("exploits",), True, "exploits is true, not a count"),
+    "score-huge": ("summary.json", ("best_metric",), 10**400, "best_metric is 1000000"),
+    "wall-time-list": ("summary.json", ("wall_time_s",), [1], "wall_time_s is [1], not a number of seconds"),
+    "best-trial-number": ("summary.json", ("best_trial",), 3, "best_trial is 3, not a trial id"),
+    "best-trial-unknown": ("summary.json", ("best_trial",), "t9", 'best_trial "t9" is no trial of this run'),
+    "summary-list": ("summary.json", (), [1, 2], "summary.json is not a JSON object but a list"),
+    "summary-truncated": ("summary.json", (), b'{"best_trial": "t1", "best_me', "summary.json is not valid JSON"),
+    "summary-binary": ("summary.json", (), bytes(range(256)), "summary.json is not valid JSON"),
+    "summary-utf16": ("summary.json", (), '{"exploits": 1}'.encode("utf-16"), "summary.json is not valid JSON"),
+    "summary-deep": ("summary.json", (), b"[" * 100_000, "nested too deeply"),
+    "config-list": ("job_config.json", (), [1, 2], "job_config.json is not a JSON object but a list"),
+    "config-truncated": ("job_config.json", (), b'{"pbt": {"metric', "job_config.json is not valid JSON"),
+    "config-nul": ("job_config.json", (), b"\x00" * 64, "job_config.json is not valid JSON"),
+    "config-pbt-number": ("job_config.json", ("pbt",), 3, "pbt is 3, not an object"),
+    "config-metric-null": ("job_config.json", ("pbt", "metric"), None, "pbt.metric is null, not a result key"),
+    "config-mode": ("job_config.json", ("pbt", "mode"), "up", 'pbt.mode is "up", not max or min'),
+    "config-mutations-list": ("job_config.json", ("pbt", "mutations"), ["lr"], 'pbt.mutations is ["lr"], not an object'),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_a_damaged_document_the_report_shows_as_it_is_exits_2_naming_file_and_field(tmp_path, capsys, case):
+    name, path, value, needle = DAMAGED[case]
+    run = write_run(tmp_path / "run", edited(small_run_files(), name, path, value))
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    lines = error_lines(err)
+    assert len(lines) == 1 and "Traceback" not in out + err, err
+    assert f"{run / name}" in lines[0] and needle in lines[0] and "the file is malformed" in lines[0], lines[0]
+    assert not (tmp_path / "out").exists(), "nothing is written for a run that cannot be reported"
+
+
+def report_json(run: Path, out: Path) -> dict[str, Any]:
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+ODD_BUT_HARMLESS = {  # file, field path, value -> what the report shows
+    "summary-trials-list": ("summary.json", ("trials",), [1, 2], lambda n: n["best_trial"] == "t1"),
+    "summary-metric-overflows": ("summary.json", ("best_metric",), float("inf"), lambda n: n["best_metric"] == math.inf),
+    "summary-lacks-a-number": ("summary.json", ("env_steps_per_s",), None, lambda n: n["env_steps_per_s"] is None),
+    "result-score-huge": ("PBTPPO_t1/result.json", (3, "pbt_score"), 10**400,
+                          lambda n: n["trials"]["t1"]["metric"] is None and n["trials"]["t1"]["iteration"] == 4),
+    "result-timestamp-huge": ("PBTPPO_t1/result.json", (3, "timestamp"), 10**400,
+                              lambda n: n["trials"]["t1"]["iteration"] == 3),
+    "result-iteration-text": ("PBTPPO_t1/result.json", (3, "training_iteration"), "4",
+                              lambda n: n["trials"]["t1"]["iteration"] == 3),
+    "result-hyperparameter-text": ("PBTPPO_t1/result.json", (3, "config", "lr"), "fast",
+                                   lambda n: "lr" not in n["trials"]["t1"]["hyperparameters"]),
+    "lineage-integer-time": ("lineage.jsonl", (0, "time"), 121, lambda n: n["exploits"] == 1),
+    "lineage-time-huge": ("lineage.jsonl", (0, "time"), 10**400, lambda n: n["trials"]["t0"]["times_cloned"] == 0),
+    "ledger-steps-text": ("pbt_state.jsonl", ("trials", "t0", "env_steps_total"), "many", lambda n: n["finished"]),
+    "state-wall-time-nan": ("pbt_state.jsonl", ("wall_time_s",), float("nan"), lambda n: n["wall_time_s"] == 60.0),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_BUT_HARMLESS))
+def test_an_odd_value_in_a_file_read_line_by_line_is_reported_gracefully(tmp_path, case):
+    name, path, value, shown = ODD_BUT_HARMLESS[case]
+    numbers = report_json(write_run(tmp_path / "run", edited(small_run_files(), name, path, value)), tmp_path / "out")
+    assert shown(numbers), numbers
+
+
+def test_a_run_still_training_is_reported_from_valid_ledgers_only(tmp_path, caplog):
+    """Without summary.json env steps come from the ledgers: one of the wrong type is skipped with a warning."""
+    files = edited(small_run_files(), "pbt_state.jsonl", ("trials", "t0", "env_steps_total"), "many")
+    del files["summary.json"]
+    with caplog.at_level(logging.WARNING):
+        numbers = report_json(write_run(tmp_path / "run", files), tmp_path / "out")
+    assert numbers["env_steps_total"] == 512 and numbers["finished"] is False
+    assert any("entry for trial t0 skipped" in message for message in caplog.messages)
+
+
+# `--out` that cannot be written: exit 2 at once naming --out; nothing retried (only outages are).
+
+OUT_REFUSALS = {
+    "existing-file": (lambda tmp: tmp / "taken", ["cannot write there (File exists)"]),
+    "below-a-file": (lambda tmp: tmp / "taken" / "report", ["cannot write there"]),
+    "read-only": (lambda tmp: Path("/proc/pbt-job-report"), ["cannot write there"]),
+    "report-md-is-a-folder": (lambda tmp: tmp / "blocked", ["cannot write report.md there", "choose another --out"]),
+    "missing-bucket": (lambda tmp: "s3://no-such-bucket-here/report", ["bucket no-such-bucket-here does not exist",
+                                                                        "fix --out"]),
+    "gcs": (lambda tmp: "gs://x", ["--out gs://x", "S3 API"]),
+    "relative-file-uri": (lambda tmp: "file://data/report", ["file:///abs/path"]),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_REFUSALS))
+def test_an_out_that_cannot_be_written_exits_2_at_once_naming_out(s3_endpoint, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.delenv("PBT_JOB_STORAGE_RETRY_S", raising=False)  # the default 300 s: a retry would show
+    run = write_run(tmp_path / "run", small_run_files())
+    (tmp_path / "taken").write_text("a file, not a folder")
+    (tmp_path / "blocked" / "report.md").mkdir(parents=True)
+    before = tree(run)
+    out, needles = OUT_REFUSALS[case]
+    started = time.monotonic()
+    assert main(["report", str(run), "--out", str(out(tmp_path))]) == 2
+    took_s = time.monotonic() - started
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "--out" in lines[0] and all(n in lines[0] for n in needles), lines
+    assert took_s < 15, f"--out {case} took {took_s:.1f} s"
+    assert tree(run) == before and (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
+# Fuzz: any JSON value (or bytes) anywhere the report reads gives exit 0 or 2, one line at most, no traceback.
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from([10**400, -(10**400), 2**64]) | st.floats()
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+def field_paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a JSON value: the value itself, each key of an object, each item of a list."""
+    paths = [prefix]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        paths += field_paths(item, (*prefix, key))
+    return paths
+
+
+BASE_RUN = small_run_files()
+BASE_RUN["job_config.json"] = {"name": "tiny", "pbt": BASE_RUN["job_config.json"]["pbt"]}  # all the report reads
+FUZZ_PLACES = {name: field_paths(content) for name, content in BASE_RUN.items()}
+"""Per file, every place in it: a file is drawn first, so a short document is hit as often as a long result.json."""
+
+
+@st.composite
+def damaged_runs(draw) -> dict[str, Any]:
+    files = copy.deepcopy(BASE_RUN)
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(sorted(FUZZ_PLACES)))
+        path = draw(st.sampled_from(FUZZ_PLACES[name]))
+        value = draw(st.binary(max_size=24) if not path and draw(st.booleans()) else JSON_VALUES | st.just(DELETE))
+        with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier edit removed or replaced this place
+            set_at(files, (name, *path), value)
+    return files
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(files=damaged_runs())
+def test_fuzz_run_files_exit_0_or_2_with_at_most_one_error_line(files):
+    with tempfile.TemporaryDirectory() as folder:
+        run = write_run(Path(folder) / "run", files)
+        stderr, stdout = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            code = main(["report", str(run), "--out", f"{folder}/out"])
+    assert code in (0, 2), stderr.getvalue()
+    lines = error_lines(stderr.getvalue())
+    assert len(lines) == (code == 2) and "Traceback" not in stderr.getvalue() + stdout.getvalue(), stderr.getvalue()

@@ -1,4 +1,5 @@
-"""Which storage errors are outages (retried, resumable) and which fail at once with their own words.
+"""Storage: which errors are outages (retried, resumable) and which fail at once with their own words; URIs with
+one meaning; messages without secrets.
 
 Every error here is raised by the real component: pyarrow's and botocore's S3 clients
 against moto (access denied, missing bucket), a port nobody listens on (refused), an
@@ -13,16 +14,20 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import boto3
 import botocore.config
 import pyarrow.fs
 import pytest
 
-from conftest import free_port
-from pbt_job.storage import StorageOutage, is_outage, retry_storage
+from conftest import REPO, free_port
+from pbt_job.storage import StorageError, StorageOutage, is_outage, parse_storage_uri, redact, retry_limit_s, retry_storage
+from test_cli import TINY, assert_bad_input, run_cli
 
 
 def pyarrow_error(endpoint: str, path: str = "bucket/key", write: bool = False, keys: dict | None = None) -> OSError:
@@ -182,3 +187,144 @@ def test_a_permission_error_during_a_run_is_not_reported_as_a_storage_outage(s3_
     assert isinstance(outage, StorageOutage) and "storage failed while" in str(outage) and "resume" in str(outage)
     ours = StorageOutage.stopped("writing x", refused)
     assert _storage_outage_behind(failed_fit(ours)) is ours
+
+
+# One meaning per URI: what parse_storage_uri refuses, with the rule it names and never a secret.
+
+URI_REFUSALS = {
+    "file-relative": ("file://data/runs", ["file:///abs/path or a plain path", "names host 'data'"]),
+    "file-host": ("file://nas/srv/runs", ["file:///abs/path or a plain path"]),
+    "file-no-slashes": ("file:data/runs", ["file:///abs/path or a plain path"]),
+    "file-empty": ("file://", ["file:///abs/path or a plain path"]),
+    "bucket-port": ("s3://bucket:99/x", ["'bucket:99' is not an S3 bucket name", "its port with AWS_ENDPOINT_URL"]),
+    "bucket-credentials": ("s3://u:p4ss@bucket/x", ["credentials do not belong in the URI", "AWS_SECRET_ACCESS_KEY"]),
+    "bucket-space": ("s3://my bucket/x", ["'my bucket' is not an S3 bucket name", "lowercase"]),
+    "bucket-uppercase": ("s3://MyBucket/x", ["'MyBucket' is not an S3 bucket name"]),
+    "bucket-underscore": ("s3://my_bucket/x", ["'my_bucket' is not an S3 bucket name"]),
+    "bucket-too-short": ("s3://ab/x", ["'ab' is not an S3 bucket name", "3-63"]),
+    "bucket-too-long": (f"s3://{'a' * 64}/x", ["is not an S3 bucket name", "3-63"]),
+    "bucket-hyphen-end": ("s3://bucket-/x", ["'bucket-' is not an S3 bucket name", "ending with a letter or digit"]),
+    "bucket-double-dot": ("s3://a..b/x", ["'a..b' is not an S3 bucket name"]),
+    "bucket-ip": ("s3://192.168.1.10/x", ["'192.168.1.10' is not an S3 bucket name", "not an IP address"]),
+    "no-such-user": ("~nosuchuser-pbt/x", ["'~nosuchuser-pbt' is no user's home folder"]),
+    "gcs": ("gs://x", ["S3 API"]),
+}
+
+
+@pytest.mark.parametrize("case", list(URI_REFUSALS))
+@pytest.mark.parametrize("flag", ["--storage", "--out"])
+def test_a_uri_that_means_something_else_or_nothing_is_refused_naming_its_flag_and_rule(case, flag):
+    uri, needles = URI_REFUSALS[case]
+    with pytest.raises(StorageError) as refused:
+        parse_storage_uri(uri, flag=flag)
+    message = str(refused.value)
+    assert message.startswith(f"{flag} ") and "\n" not in message, message
+    assert all(needle in message for needle in needles), message
+    assert "p4ss" not in message, message
+
+
+def test_uris_that_name_one_place_are_taken_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_storage_uri(f"file://{tmp_path}/runs").path == str(tmp_path / "runs")
+    assert parse_storage_uri(f"file://localhost{tmp_path}/runs").path == str(tmp_path / "runs")
+    assert parse_storage_uri("data/runs").path == str(tmp_path / "data" / "runs")
+    assert parse_storage_uri("~/runs").path == str(Path.home() / "runs")
+    for bucket in ("abc", "my.bucket-1", "a" * 63):
+        location = parse_storage_uri(f"s3://{bucket}/runs/")
+        assert (location.bucket, location.path, location.uri) == (bucket, f"{bucket}/runs", f"s3://{bucket}/runs")
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://key:secret@minio:9000", "http://***@minio:9000"),
+        ("https://AKIA:wJalr/K7MDENG@s3.example.com/x", "https://***@s3.example.com/x"),
+        ("key:secret@minio:9000", "***@minio:9000"),
+        ("http://minio:9000", "http://minio:9000"),
+    ],
+    ids=["userinfo", "secret-with-slash", "no-scheme", "no-userinfo"],
+)
+def test_redact_hides_userinfo(uri, shown):
+    assert redact(uri) == shown
+
+
+@pytest.mark.parametrize("value", ["inf", "Infinity", "nan", "-1", "1e9", "86401", "soon"])
+def test_a_retry_limit_that_never_ends_or_is_no_number_is_refused(monkeypatch, value):
+    monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", value)
+    with pytest.raises(StorageError, match=f"PBT_JOB_STORAGE_RETRY_S={value!r}: .* from 0 to 86400"):
+        retry_limit_s()
+
+
+@pytest.mark.parametrize(("value", "limit"), [("", 300.0), ("0", 0.0), ("2.5", 2.5), ("86400", 86400.0)])
+def test_a_retry_limit_within_a_day_is_taken(monkeypatch, value, limit):
+    monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", value)
+    assert retry_limit_s() == limit
+
+
+def test_a_file_in_the_way_of_a_folder_is_not_an_outage(tmp_path):
+    """What pyarrow's local filesystem raises when a file stands where a folder is to be made."""
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(FileExistsError) as exists:
+        pyarrow.fs.LocalFileSystem().create_dir(str(tmp_path / "taken"))
+    assert not is_outage(exists.value)
+
+
+# Secrets stay secret and bad environment is bad input: the real command, one line, exit 2.
+
+SECRET = "s3cr3t-in-the-url"
+
+
+@pytest.mark.parametrize("variable", ["AWS_DEFAULT_REGION", "AWS_REGION"])
+def test_a_region_that_is_no_region_name_is_bad_input(bucket, variable):
+    env = {"AWS_DEFAULT_REGION": "", variable: "not a region!"}
+    proc = run_cli("validate", "--config", str(TINY), "--storage", f"s3://{bucket}/runs", env=env, timeout=60)
+    assert_bad_input(proc, f"{variable}='not a region!'", "not a region name", "us-east-1")
+
+
+def secret_cases(bucket: str, moto: str) -> dict[str, tuple[tuple[str, ...], dict[str, str], int]]:
+    """command line, environment, exit code: the secret sits in AWS_ENDPOINT_URL or in a URI the user typed."""
+    dead = f"http://key:{SECRET}@127.0.0.1:{free_port()}"
+    with_secret = moto.replace("http://", f"http://key:{SECRET}@")
+    config = ("--config", str(TINY))
+    return {
+        "validate-works": (("validate", *config, "--storage", f"s3://{bucket}/runs"), {"AWS_ENDPOINT_URL": with_secret}, 0),
+        "validate-unreachable": (("validate", *config, "--storage", f"s3://{bucket}/runs"), {"AWS_ENDPOINT_URL": dead}, 2),
+        "validate-not-a-url": (("validate", *config, "--storage", f"s3://{bucket}/runs"),
+                               {"AWS_ENDPOINT_URL": f"key:{SECRET}@minio:9000"}, 2),
+        "train-preflight": (("train", *config, "--storage", f"s3://{bucket}/runs"), {"AWS_ENDPOINT_URL": dead}, 2),
+        "report-unreachable": (("report", f"s3://{bucket}/runs/tiny"), {"AWS_ENDPOINT_URL": dead}, 2),
+        "storage-uri": (("validate", *config, "--storage", f"s3://key:{SECRET}@{bucket}/runs"), {}, 2),
+        "report-uri": (("report", f"s3://key:{SECRET}@{bucket}/runs/tiny"), {}, 2),
+        "out-uri": (("report", "missing-run", "--out", f"file://key:{SECRET}@host/x"), {}, 2),
+    }
+
+
+@pytest.mark.parametrize("case", ["validate-works", "validate-unreachable", "validate-not-a-url", "train-preflight",
+                                  "report-unreachable", "storage-uri", "report-uri", "out-uri"])
+def test_a_secret_in_an_endpoint_or_uri_never_reaches_the_output(s3_endpoint, bucket, case):
+    args, env, code = secret_cases(bucket, s3_endpoint)[case]
+    proc = run_cli(*args, env=env, timeout=60)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert SECRET not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    if code == 2:
+        assert_bad_input(proc)
+    assert "***@" in proc.stdout + proc.stderr or case == "out-uri", "the place is still named"
+
+
+@pytest.mark.parametrize("command", ["validate", "train", "report"])
+def test_a_retry_limit_of_inf_is_bad_input_for_every_command(tmp_path, command):
+    args = ("report", str(tmp_path)) if command == "report" else (command, "--config", str(TINY), "--storage", str(tmp_path))
+    proc = run_cli(*args, env={"PBT_JOB_STORAGE_RETRY_S": "inf"}, timeout=60)
+    assert_bad_input(proc, "PBT_JOB_STORAGE_RETRY_S='inf'", "from 0 to 86400")
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+@pytest.mark.parametrize("case", ["file-relative", "bucket-port", "bucket-credentials", "bucket-space"])
+def test_validate_refuses_a_uri_with_another_meaning(tmp_path, case):
+    uri, needles = URI_REFUSALS[case]
+    root_runs = sorted(Path("/runs").rglob("*")) if Path("/runs").exists() else None  # where file://data/runs went
+    proc = subprocess.run([sys.executable, "-m", "pbt_job.cli", "validate", "--config", str(TINY), "--storage", uri],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert_bad_input(proc, "--storage", *needles)
+    assert not any(tmp_path.iterdir()), "nothing is created here"
+    assert (sorted(Path("/runs").rglob("*")) if Path("/runs").exists() else None) == root_runs, "nor at /runs"

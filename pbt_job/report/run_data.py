@@ -5,7 +5,11 @@ or on S3 through the same pyarrow filesystem. The format of pbt-job's files is
 `pbt_job.run_folder`'s, read through a reader `RunFiles` (nothing cached, so the new
 lines of a run still training are seen); nothing here imports `pbt_job.training` or
 Ray. Every file is untrusted input: a malformed line is skipped with a warning; only
-JSON is parsed, never Tune's pickles.
+JSON is parsed, never Tune's pickles. The two documents the report trusts as they
+are, `job_config.json` (what the run optimised) and `summary.json` (the final
+numbers), are checked field by field instead: a damaged one is bad input
+(`MalformedRunFile`, exit 2) naming the file, the field and the fix, never a
+traceback or a report of wrong numbers.
 
 Where the numbers come from:
 
@@ -17,8 +21,8 @@ Where the numbers come from:
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,13 +32,29 @@ import pyarrow.fs
 from pbt_job.errors import BadInput
 from pbt_job.report.ancestry import Exploit
 from pbt_job.result_keys import SCORE_KEY, metric_value, tune_key
-from pbt_job.run_folder import JOB_CONFIG_FILE, RESULT_FILE, SUMMARY_FILE, RunFiles, TrialLedger, json_lines
+from pbt_job.run_folder import (
+    JOB_CONFIG_FILE, RESULT_FILE, SUMMARY_FILE, MalformedRunFile, RunFiles, TrialLedger, is_count, is_finite, is_number,
+    json_lines,
+)
 from pbt_job.storage import StorageLocation, check_readable, filesystem, parse_storage_uri, read_text
 
 logger = logging.getLogger(__name__)
 
 EXPLOIT_FIELDS = ("recipient", "donor", "donor_iteration", "time")
 """What the report needs of a lineage event."""
+SUMMARY_FIELDS = {
+    "best_trial": ("a trial id", lambda v: v is None or isinstance(v, str)),
+    "best_metric": ("a number", lambda v: v is None or is_number(v)),
+    "best_hyperparameters": ("an object of numbers", lambda v: isinstance(v, dict) and all(
+        isinstance(x, str) or is_number(x) for x in v.values())),
+    "exploits": ("a count", is_count),
+    "env_steps_total": ("a count", lambda v: v is None or is_count(v)),
+    "wall_time_s": ("a number of seconds", lambda v: v is None or is_number(v)),
+    "env_steps_per_s": ("a number", lambda v: v is None or is_number(v)),
+}
+"""What the report takes from `summary.json` as it is: field -> (what it must be, the check)."""
+SUMMARY_FIX = "the file is malformed: delete it and the report computes the numbers from the run's other files"
+JOB_CONFIG_FIX = "the file is malformed: write it back (pbt-job train writes it from the job's config as a run starts)"
 
 
 class NotARunError(BadInput):
@@ -119,26 +139,70 @@ def load_run(run: str) -> RunData:
         NotARunError: `run` does not exist, cannot be read, or holds no `job_config.json`.
         StorageError: `run` is not a usable URI, or its S3 endpoint or bucket cannot be read.
     """
-    location = parse_storage_uri(run)
+    location = parse_storage_uri(run, flag="run folder")
     check_readable(location)  # a dead or hung endpoint is named in seconds, before any read waits on it
     files = RunFiles(partial(filesystem, location), location.path, writer=False)
     fs = files.fs
-    job = _job_config(fs, files, location)
-    pbt = job.get("pbt") if isinstance(job.get("pbt"), dict) else {}
-    metric = pbt.get("metric") if isinstance(pbt.get("metric"), str) else SCORE_KEY
-    mutations = sorted(pbt["mutations"]) if isinstance(pbt.get("mutations"), dict) else []
-    return RunData(
+    pbt = _pbt_settings(_job_config(fs, files, location), files.path(JOB_CONFIG_FILE))
+    mutations = sorted(pbt["mutations"])
+    run_data = RunData(
         name=location.path.rstrip("/").rsplit("/", 1)[-1],
         location=location,
-        metric=metric,
-        mode="min" if pbt.get("mode") == "min" else "max",
+        metric=pbt["metric"],
+        mode=pbt["mode"],
         mutations=mutations,
-        results=_trial_results(fs, location.path, metric, mutations),
+        results=_trial_results(fs, location.path, pbt["metric"], mutations),
         exploits=sorted(_exploits(files.lineage()), key=lambda e: e.time),
-        summary=files.read_json(SUMMARY_FILE),
+        summary=_with_fix(files.read_document, SUMMARY_FILE, SUMMARY_FIX),
         ledgers=files.ledgers(),
         wall_time_s=files.stored_wall_time(),
     )
+    if run_data.summary is not None:
+        _check_summary(run_data.summary, run_data.trials, files.path(SUMMARY_FILE))
+    return run_data
+
+
+def _with_fix(read, name: str, fix: str) -> dict[str, Any] | None:
+    """`read(name)`, a `MalformedRunFile` extended by what to do about it."""
+    try:
+        return read(name)
+    except MalformedRunFile as err:
+        raise MalformedRunFile(f"{err}; {fix}") from None
+
+
+def _pbt_settings(job: dict[str, Any], source: str) -> dict[str, Any]:
+    """`pbt.metric`, `pbt.mode` and `pbt.mutations` of `job_config.json`; missing ones get their defaults.
+
+    Raises:
+        MalformedRunFile: one of them has the wrong type or value.
+    """
+    pbt = job.get("pbt", {})
+    if not isinstance(pbt, dict):
+        raise MalformedRunFile(f"{source}: pbt is {_shown(pbt)}, not an object; {JOB_CONFIG_FIX}")
+    settings = {"metric": pbt.get("metric", SCORE_KEY), "mode": pbt.get("mode", "max"), "mutations": pbt.get("mutations", {})}
+    checks = {"metric": ("a result key", lambda v: isinstance(v, str) and v != ""),
+              "mode": ("max or min", lambda v: v in ("max", "min")),
+              "mutations": ("an object", lambda v: isinstance(v, dict))}
+    for name, (wanted, check) in checks.items():
+        if not check(settings[name]):
+            raise MalformedRunFile(f"{source}: pbt.{name} is {_shown(settings[name])}, not {wanted}; {JOB_CONFIG_FIX}")
+    return settings
+
+
+def _check_summary(summary: dict[str, Any], trials: list[str], source: str) -> None:
+    """Raises `MalformedRunFile` naming the first field of `summary.json` the report cannot show as it is."""
+    for name, (wanted, check) in SUMMARY_FIELDS.items():
+        if name in summary and not check(summary[name]):
+            raise MalformedRunFile(f"{source}: {name} is {_shown(summary[name])}, not {wanted}; {SUMMARY_FIX}")
+    best = summary.get("best_trial")
+    if best is not None and best not in trials:
+        raise MalformedRunFile(f"{source}: best_trial {_shown(best)} is no trial of this run; {SUMMARY_FIX}")
+
+
+def _shown(value: Any) -> str:
+    """A JSON value for a one-line message, cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _job_config(fs: pyarrow.fs.FileSystem, files: RunFiles, location: StorageLocation) -> dict[str, Any]:
@@ -150,7 +214,7 @@ def _job_config(fs: pyarrow.fs.FileSystem, files: RunFiles, location: StorageLoc
         raise NotARunError(
             f"{location.uri}: no such run folder; give the folder `pbt-job train` wrote, e.g. ./runs/quick"
         )
-    job = files.read_json(JOB_CONFIG_FILE)
+    job = _with_fix(files.read_document, JOB_CONFIG_FILE, JOB_CONFIG_FIX)
     if job is None:
         runs = _runs_below(fs, location)
         hint = f"; runs found below it: {', '.join(runs)}" if runs else ""
@@ -205,14 +269,14 @@ def parse_results(text: str, source: str, metric: str, mutations: list[str]) -> 
         trial_id, iteration, timestamp = fields
         config = result.get("config") if isinstance(result.get("config"), dict) else {}
         values = {name: config.get(tune_key(name)) for name in mutations}
-        hyperparameters = {name: value for name, value in values.items() if _finite(value)}
+        hyperparameters = {name: value for name, value in values.items() if is_finite(value)}
         value = metric_value(result, metric)
         seconds = result.get("time_this_iter_s")
         parsed.append((trial_id, Result(
             iteration=iteration,
             time=float(timestamp),
-            seconds=float(seconds) if _finite(seconds) else 0.0,
-            metric=value if _finite(value) else None,
+            seconds=float(seconds) if is_finite(seconds) else 0.0,
+            metric=value if is_finite(value) else None,
             returns=_returns(result),
             hyperparameters=hyperparameters,
         )))
@@ -223,7 +287,7 @@ def _result_fields(result: Any) -> tuple[str, int, float] | None:
     if not isinstance(result, dict):
         return None
     trial_id, iteration, timestamp = (result.get(k) for k in ("trial_id", "training_iteration", "timestamp"))
-    if not isinstance(trial_id, str) or not isinstance(iteration, int) or not _finite(timestamp):
+    if not isinstance(trial_id, str) or not is_count(iteration) or not is_finite(timestamp):
         return None
     return trial_id, iteration, timestamp
 
@@ -233,7 +297,7 @@ def _returns(result: dict[str, Any]) -> dict[str, float]:
     returns = env_runners.get("module_episode_returns_mean") if isinstance(env_runners, dict) else None
     if not isinstance(returns, dict):
         return {}
-    return {policy: float(value) for policy, value in returns.items() if _finite(value)}
+    return {policy: float(value) for policy, value in returns.items() if is_finite(value)}
 
 
 def _exploits(events: list[dict[str, Any]]) -> list[Exploit]:
@@ -242,13 +306,10 @@ def _exploits(events: list[dict[str, Any]]) -> list[Exploit]:
         if event.get("event", "exploit") != "exploit":
             continue
         recipient, donor, donor_iteration, time = (event.get(k) for k in EXPLOIT_FIELDS)
-        if not (isinstance(recipient, str) and isinstance(donor, str) and isinstance(donor_iteration, int)
-                and _finite(time)):
+        if not (isinstance(recipient, str) and isinstance(donor, str) and is_count(donor_iteration)
+                and is_finite(time)):
             logger.warning("[report] lineage event skipped: it lacks donor, donor_iteration or time: %s", event)
             continue
         exploits.append(Exploit(recipient, donor, donor_iteration, float(time)))
     return exploits
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -14,8 +14,8 @@ from typing import Any
 
 from pbt_job.report import plots
 from pbt_job.report.ancestry import Segment, ancestry, segment_end
-from pbt_job.report.run_data import RunData, load_run
-from pbt_job.storage import check_readable, filesystem, parse_storage_uri, write_bytes, write_text
+from pbt_job.report.run_data import SUMMARY_FIELDS, RunData, load_run
+from pbt_job.storage import StorageError, StorageOutage, check_writable, filesystem, parse_storage_uri, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,6 @@ PICTURES = {
     "schedules.png": plots.schedules_png,
     "curves.png": plots.curves_png,
 }
-SUMMARY_KEYS = ("best_trial", "best_metric", "best_hyperparameters", "exploits", "env_steps_total",
-                "wall_time_s", "env_steps_per_s")
-"""Numbers a finished run's report takes from `summary.json` as they are."""
 
 
 def default_out(run: RunData) -> str:
@@ -47,11 +44,14 @@ def write_report(run: str, out: str | None = None) -> str:
 
     Raises:
         NotARunError: `run` is not a run folder.
-        StorageError: `run` or `out` is not a usable URI, or its S3 endpoint or bucket cannot be reached.
+        MalformedRunFile: a file of the run the report shows as it is, is damaged.
+        StorageError: `run` or `out` is not a usable URI, its S3 endpoint or bucket cannot be reached,
+            or `out` cannot be written (an existing file, a read-only place): at once, never retried.
+        StorageOutage: S3 stayed unavailable for the retry limit while the report was written.
     """
     data = load_run(run)
-    target = parse_storage_uri(out or default_out(data))
-    check_readable(target)
+    target = parse_storage_uri(out or default_out(data), flag="--out")
+    check_writable(target)  # before anything is drawn: a place that refuses writes is named at once
     fs = filesystem(target)
     best = data.best_trial()
     chain = ancestry(best, data.exploits) if best else []
@@ -61,11 +61,18 @@ def write_report(run: str, out: str | None = None) -> str:
     pictures = list(PICTURES) if data.results else []
     if not pictures:
         notes.append("No trial has reported a result yet: no pictures; run the report again later.")
-    for name in pictures:
-        write_bytes(fs, target.join(name), PICTURES[name](data, chain))
     numbers = report_numbers(data, chain, pictures, notes)
-    write_text(fs, target.join("report.json"), json.dumps(numbers, indent=2, sort_keys=True) + "\n")
-    write_text(fs, target.join("report.md"), render_markdown(numbers))
+    files = {name: PICTURES[name](data, chain) for name in pictures}
+    files["report.json"] = (json.dumps(numbers, indent=2, sort_keys=True) + "\n").encode()
+    files["report.md"] = render_markdown(numbers).encode()
+    for name, content in files.items():
+        try:
+            write_bytes(fs, target.join(name), content)
+        except StorageOutage:
+            raise
+        except OSError as err:  # not an outage: the place refuses (e.g. a folder named report.md is in the way)
+            reason = err.strerror or str(err).splitlines()[0]
+            raise StorageError(f"{target.named}: cannot write {name} there ({reason}); choose another --out") from None
     for note in notes:
         logger.warning("[report] %s: %s", data.location.uri, note)
     return target.display("report.md")
@@ -101,7 +108,7 @@ def report_numbers(run: RunData, chain: list[Segment], pictures: list[str], note
         "notes": notes,
     }
     if run.summary is not None:
-        numbers.update({key: run.summary.get(key) for key in SUMMARY_KEYS})
+        numbers.update({key: run.summary[key] for key in SUMMARY_FIELDS if key in run.summary})  # lacking: from the files
     numbers["training_share"] = training_share(run, numbers["wall_time_s"])
     return numbers
 
