@@ -551,7 +551,7 @@ def damaged_runs(draw) -> dict[str, Any]:
     return files
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None)
 @given(files=damaged_runs())
 def test_fuzz_run_files_exit_0_or_2_with_at_most_one_error_line(files):
     with tempfile.TemporaryDirectory() as folder:
