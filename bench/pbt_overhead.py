@@ -95,8 +95,14 @@ def run(name: str, storage: str, seconds: float, interval: int) -> dict:
     all_running_until = min(max(r[ENDED_AT_KEY] for r in lines) for lines in results.values())
     steps_all_running = sum(r["env_runners"]["num_env_steps_sampled"] for lines in results.values() for r in lines
                             if r[ENDED_AT_KEY] <= all_running_until)
+    sampled = [r["env_runners"] for lines in results.values() for r in lines]
+    agent_steps = sum(sum((e.get("num_module_steps_sampled") or {}).values()) for e in sampled)
     return {
         "env_steps": steps, "wall_s": round(wall, 1), "env_steps_per_s": round(steps / wall, 2),
+        # Iteration speed itself: it follows how many agents the policies keep alive (agent steps per
+        # env step), which differs between populations that learned differently.
+        "env_steps_per_training_s": round(sum(e["num_env_steps_sampled"] for e in sampled) / trained, 2),
+        "agent_steps_per_env_step": round(agent_steps / sum(e["num_env_steps_sampled"] for e in sampled), 2),
         "env_steps_per_s_all_running": round(steps_all_running / (all_running_until - started_at), 2),
         "exploits": outcome.summary["exploits"], "skipped_exploits": outcome.summary["skipped_exploits"],
         "errors": outcome.errors, "actors": len({r["pid"] for lines in results.values() for r in lines}),
@@ -152,6 +158,7 @@ def main() -> None:
         "pbt_s3": pbt_s3,
         "overhead": round(1 - pbt["env_steps_per_s"] / plain["env_steps_per_s"], 4),
         "overhead_all_running": round(1 - pbt["env_steps_per_s_all_running"] / plain["env_steps_per_s_all_running"], 4),
+        "overhead_training_share": round(1 - pbt["training_share"] / plain["training_share"], 4),
         "targets": TARGETS,
         "machine": machine(),
     }
