@@ -126,6 +126,17 @@ def test_env_runner_weights_seq_no():
     assert runner._weights_seq_no == 0
 
 
+def test_failures_while_pending_recovered():
+    """Tune recovers only a RUNNING trial; the block makes a PENDING one with retries left RUNNING first."""
+    source = inspect.getsource(TuneController._process_trial_failure)
+    assert "if trial.status == Trial.RUNNING and trial.should_recover():" in source
+    assert parameters(TuneController._set_trial_status) == ["self", "trial", "status"]
+    original = TuneController._process_trial_failure
+    with ray_compat.failures_while_pending_recovered():
+        assert TuneController._process_trial_failure is not original
+    assert TuneController._process_trial_failure is original
+
+
 def test_forced_snapshot_waits_for_the_upload_in_flight():
     """`delete_after_snapshot` deletes what the previous snapshot no longer names once a forced
     `TuneController.checkpoint` returns: it waits for the upload in flight before saving."""

@@ -177,7 +177,7 @@ def test_s3_run_with_small_retention_never_loses_a_donor_checkpoint(ray_start_2_
     does the saved experiment snapshot name a trial's latest checkpoint that retention
     has deleted (a driver killed then could not resume).
     """
-    job = load_config(TINY, ["stop.training_iteration=8", "checkpoints.num_to_keep=1"])
+    job = load_config(TINY, ["stop.training_iteration=10", "checkpoints.num_to_keep=1"])  # 4 rounds: exploits are sure
     watcher = SnapshotWatcher(bucket, "runs/retention")
     watcher.start()
     try:

@@ -28,6 +28,7 @@ from ray.train._internal import checkpoint_manager as checkpoint_manager_module
 from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
 from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
 from ray.tune import Checkpoint
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.result import TRIAL_INFO
 
@@ -247,6 +248,31 @@ def _delete(folders: list[tuple[Any, str]]) -> None:
     for fs, path in folders:
         with contextlib.suppress(FileNotFoundError):  # deleted by hand meanwhile: nothing to do
             delete_fs_path(fs, path)
+
+
+@contextlib.contextmanager
+def failures_while_pending_recovered() -> Iterator[None]:
+    """While the block runs, a trial that fails while PENDING is recovered like a RUNNING one.
+
+    `TuneController._process_trial_failure` recovers (restarts from the latest checkpoint,
+    up to `max_failures`) only a RUNNING trial; a PENDING one is stopped for good. With
+    reused actors, a trial restarting after an exploit is PENDING while Tune resets its
+    cached actor, and that actor may have died with its node: the trial then errored
+    though it had retries left.
+    """
+    original = TuneController._process_trial_failure
+
+    def process_trial_failure(controller: Any, trial: Any, exception: Exception) -> None:
+        retries_left = trial.max_failures < 0 or trial.run_metadata.num_failures < trial.max_failures
+        if trial.status == trial.PENDING and retries_left:
+            controller._set_trial_status(trial, trial.RUNNING)
+        original(controller, trial, exception)
+
+    TuneController._process_trial_failure = process_trial_failure
+    try:
+        yield
+    finally:
+        TuneController._process_trial_failure = original
 
 
 class _KeepLocalLog:

@@ -30,7 +30,13 @@ from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import JobConfig, config_to_dict, resume_changes
 from pbt_job.training.explore import explore_fn, initial_space, pb2_bounds, pbt_mutations
 from pbt_job.training.live_metrics import LiveMetrics
-from pbt_job.training.ray_compat import ProgressLog, ResultLog, checkpoint_deletions_deferred, cluster_may_grow
+from pbt_job.training.ray_compat import (
+    ProgressLog,
+    ResultLog,
+    checkpoint_deletions_deferred,
+    cluster_may_grow,
+    failures_while_pending_recovered,
+)
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
 logger = logging.getLogger(__name__)
@@ -216,7 +222,7 @@ def train(
             ),
         )
     try:
-        with checkpoint_deletions_deferred(), interruption.passed_to_tune():
+        with checkpoint_deletions_deferred(), failures_while_pending_recovered(), interruption.passed_to_tune():
             results = tuner.fit()
     except Exception as err:
         outage = _storage_outage_behind(err)
@@ -290,7 +296,8 @@ def write_summary(
     """`summary.json` and `best/<policy>/` from the final results (so far, for an interrupted run)."""
     wall_time_s = run_files.wall_time()
     ledgers = run_files.ledgers()
-    scored = [r for r in results if r.metrics and metric_value(r.metrics, metric) is not None]
+    scored = [r for r in results  # a trial stopped mid-restore reports no result of its own ("default")
+              if r.metrics and r.metrics.get("trial_id") in ledgers and metric_value(r.metrics, metric) is not None]
     pick = max if mode == "max" else min
     best = pick(scored, key=lambda r: metric_value(r.metrics, metric)) if scored else None
     env_steps = sum(ledger.env_steps_total for ledger in ledgers.values())
