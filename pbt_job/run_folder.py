@@ -22,7 +22,8 @@ filesystem from `pbt_job.storage`):
   one JSON document on one line. Not `.json`: on restore Tune copies every
   `.json`/`.pkl` of the run folder into its staging folder and keeps uploading
   those stale copies back over the originals.
-* `summary.json`: written at the end: `metric`, `mode`, `best_trial`, `best_metric`,
+* `summary.json`: written at the end: `status` (`finished`, or `interrupted` by SIGINT/SIGTERM:
+  the numbers so far), `metric`, `mode`, `best_trial` (one of the run's trials), `best_metric`,
   `best_hyperparameters`, `best_checkpoint`, `exploits`, `skipped_exploits`,
   `env_steps_total`, `wall_time_s`, `env_steps_per_s`, `trials` (per trial:
   `iteration`, `metric`, `env_steps_total`, `hyperparameters`), `errors`.

@@ -246,9 +246,8 @@ def _check_one_trial_fits(job: JobConfig, cluster: dict[str, float]) -> None:
     if short:
         raise ResourcesError(
             f"resources: one trial needs {_amounts(need, short)} but this Ray cluster has {_amounts(cluster, short)} "
-            "in all; lower "
-            "resources.num_cpus_per_trial, num_env_runners x num_cpus_per_env_runner, num_learners or "
-            "num_gpus_per_learner, or run on a larger cluster"
+            "in all; lower resources.num_cpus_per_trial, num_env_runners x num_cpus_per_env_runner, num_learners "
+            "or num_gpus_per_learner, or run on a larger cluster"
         )
 
 
