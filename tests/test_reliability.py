@@ -425,7 +425,7 @@ def test_a_signal_interrupts_the_run_and_the_printed_command_resumes_it(tmp_path
     driver only), after two stored iterations: the driver exits 128 + the signal with one line
     holding the pbt-job command that resumes (not Tune's `Tuner.restore` hint); `summary.json`
     and the report say interrupted, not finished; that command continues every trial from a
-    stored iteration to the stop."""
+    stored iteration (not from zero) to the stop."""
     run = tmp_path / "runs" / "stopped"
     args = ["--config", str(TINY), "--storage", str(tmp_path / "runs"), "--name", "stopped",
             "--set", "stop.training_iteration=8", "--metrics-port", "0"]
@@ -455,7 +455,9 @@ def test_a_signal_interrupts_the_run_and_the_printed_command_resumes_it(tmp_path
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     for trial, ledger in ledgers().items():
         assert ledger["iteration"] == 8 and len(ledger["session_starts"]) == 2, (trial, ledger)
-        assert ledger["session_starts"][1] >= 2, (trial, ledger)
+        # From a stored iteration, not from zero; a recipient interrupted right after an exploit continues
+        # from the checkpoint it was cloned from, which may be its donor's first.
+        assert ledger["session_starts"][1] >= 1, (trial, ledger)
 
 
 # -- untrusted run files --------------------------------------------------------------------------------
