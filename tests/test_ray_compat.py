@@ -127,10 +127,19 @@ def test_env_runner_weights_seq_no():
 
 
 def test_failures_while_pending_recovered():
-    """Tune recovers only a RUNNING trial; the block makes a PENDING one with retries left RUNNING first."""
+    """Tune recovers only a RUNNING trial; the block makes a PENDING one with retries left RUNNING
+    first. Only a successful reset leaves `_resetting_trials`, and a trial in it is never given
+    an actor again; a dead actor's other futures still reach `_process_trial_failure`."""
     source = inspect.getsource(TuneController._process_trial_failure)
     assert "if trial.status == Trial.RUNNING and trial.should_recover():" in source
     assert parameters(TuneController._set_trial_status) == ["self", "trial", "status"]
+    reuse = inspect.getsource(TuneController._maybe_reuse_cached_actor)
+    assert "if trial in self._resetting_trials:\n            return True" in reuse
+    assert "self._trial_to_actor[trial] = cached_actor" in reuse
+    assert "self._resetting_trials.remove(trial)" in inspect.getsource(TuneController._on_trial_reset)
+    assert "self._resetting_trials" not in inspect.getsource(TuneController._try_recover)
+    on_error = inspect.getsource(TuneController._schedule_trial_task)
+    assert "# If the actor failed, it has already been cleaned up." in on_error
     original = TuneController._process_trial_failure
     with ray_compat.failures_while_pending_recovered():
         assert TuneController._process_trial_failure is not original

@@ -32,6 +32,7 @@ from test_cli import TINY, assert_bad_input, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 SNAPSHOT_EVERY_2S = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
+EXPLOIT_STARTS = "restores from its pinned copy"  # the scheduler's log line as the recipient's reset begins
 
 
 class Driver:
@@ -57,9 +58,11 @@ class Driver:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
-    def finish(self, timeout: float = 600) -> int:
+    def finish(self, timeout: float = 300) -> int:
         try:
             return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"driver still running after {timeout} s:\n{self.output()[-6000:]}") from None
         finally:
             if self.process.poll() is None:
                 self.kill()
@@ -353,8 +356,10 @@ def _answers(port: int) -> bool:
 def test_losing_a_worker_node_restarts_its_trial_from_a_checkpoint(bucket, tmp_path):
     """A head without trial resources and two 1-CPU worker nodes (a worker pool); one trial per node.
 
-    1. After 3 stored iterations per trial, remove one worker node (its raylet and the
-       trial's processes die with it); once Tune reports the trial failed, a replacement node joins.
+    1. After 3 stored iterations per trial, at the next exploit (the recipient's actor is
+       being reset for its new config, the riskiest moment with reused actors), remove one
+       worker node (its raylet and its trial's processes die with it); once Tune reports the
+       trial failed, a replacement node joins.
     2. The lost trial restarts from its last checkpoint (its first result in the new
        session continues from a stored iteration), the run finishes, and no lineage
        event or referenced checkpoint is lost.
@@ -375,6 +380,9 @@ def test_losing_a_worker_node_restarts_its_trial_from_a_checkpoint(bucket, tmp_p
                         "--name", name, "--metrics-port", "0", "--set", f"stop.training_iteration={stop}",
                         "--set", "resources.num_cpus_per_trial=1", env={"RAY_ADDRESS": cluster.address})
         driver.wait_until(all_trials_reached(bucket, run, 3), "3 stored iterations")
+        exploits_so_far = driver.output().count(EXPLOIT_STARTS)
+        driver.wait_until(lambda: driver.output().count(EXPLOIT_STARTS) > exploits_so_far, "the next exploit",
+                          timeout=120, poll=0.2)
         lineage_before = stored_lineage(bucket, run)
         lost_at = time.monotonic()
         cluster.remove_node(workers[0], allow_graceful=False)

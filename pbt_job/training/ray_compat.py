@@ -254,15 +254,23 @@ def _delete(folders: list[tuple[Any, str]]) -> None:
 def failures_while_pending_recovered() -> Iterator[None]:
     """While the block runs, a trial that fails while PENDING is recovered like a RUNNING one.
 
-    `TuneController._process_trial_failure` recovers (restarts from the latest checkpoint,
-    up to `max_failures`) only a RUNNING trial; a PENDING one is stopped for good. With
-    reused actors, a trial restarting after an exploit is PENDING while Tune resets its
-    cached actor, and that actor may have died with its node: the trial then errored
-    though it had retries left.
+    With reused actors, a trial restarting after an exploit is PENDING while Tune resets
+    its cached actor, and that actor may die with its node. Tune mishandles this twice:
+    - `TuneController._process_trial_failure` recovers (restarts from the latest
+      checkpoint, up to `max_failures`) only a RUNNING trial; a PENDING one is stopped
+      for good, though it had retries left. The block makes it RUNNING first.
+    - The trial stays in `_resetting_trials` (only a successful reset removes it), and
+      `_maybe_reuse_cached_actor` treats such a trial as started: it waited forever for
+      a free CPU it never took. The block removes it from that set.
+    A second future of the same dead actor then fails the trial again, though it is
+    already queued to restart and holds no actor: that failure is ignored.
     """
     original = TuneController._process_trial_failure
 
     def process_trial_failure(controller: Any, trial: Any, exception: Exception) -> None:
+        if trial.status == trial.PENDING and trial not in controller._trial_to_actor:
+            return
+        controller._resetting_trials.discard(trial)
         retries_left = trial.max_failures < 0 or trial.run_metadata.num_failures < trial.max_failures
         if trial.status == trial.PENDING and retries_left:
             controller._set_trial_status(trial, trial.RUNNING)
