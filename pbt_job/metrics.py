@@ -12,6 +12,10 @@ the active one each time, so a resumed driver reports to the server it started.
 Scrapes never slow training: `prometheus_client` answers each request on its own
 daemon thread and an update only holds a metric's lock for a dictionary write.
 Labels are bounded by the population: `trial`, and `policy`/`name` per trial.
+
+Storage retries are the one family the callback does not feed: while the driver
+retries a write it handles no result, so `StorageRetries` reads the count from
+`pbt_job.storage` at each scrape instead.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import errno
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
+from pbt_job import storage
 from pbt_job.errors import BadInput
 
 TRIAL_STATES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")
@@ -51,6 +57,17 @@ class TrialSample:
     hyperparameters: Mapping[str, float]
 
 
+class StorageRetries:
+    """`pbt_storage_retries_total`: the storage operations this process retried, counted at each scrape."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "pbt_storage_retries",
+            "Storage operations of the driver retried during an outage (this driver session).",
+            value=storage.retries_so_far(),
+        )
+
+
 class PopulationMetrics:
     """The `pbt_*` metric families of one run, in their own registry."""
 
@@ -66,11 +83,13 @@ class PopulationMetrics:
         self.best_metric = Gauge("pbt_best_metric", "The best PBT metric in the population.", registry=r)
         self.trials = Gauge("pbt_trials", "Trials per Tune state.", ["state"], registry=r)
         self.exploits = Counter("pbt_exploits", "Exploits so far (lines of lineage.jsonl).", registry=r)
+        self.exploit_skips = Counter("pbt_exploit_skips", "Due exploits skipped so far (lines of exploit_skips.jsonl).", registry=r)
         self.hyperparameter = Gauge("pbt_trial_hyperparameter", "Current value of each mutated hyperparameter.", ["trial", "name"], registry=r)
         self.checkpoint_seconds = Histogram("pbt_checkpoint_seconds", "Time to save and persist one checkpoint.", buckets=CHECKPOINT_BUCKETS, registry=r)
         self.checkpoint_bytes = Counter("pbt_checkpoint_bytes", "Bytes of checkpoints saved.", registry=r)
         self.iteration_seconds = Histogram("pbt_iteration_seconds", "Duration of one training iteration.", ["trial"], buckets=ITERATION_BUCKETS, registry=r)
         self.exploit_seconds = Histogram("pbt_exploit_seconds", "Time from an exploit decision to the recipient's next result.", buckets=EXPLOIT_BUCKETS, registry=r)
+        r.register(StorageRetries())
         self._metric_values: dict[str, float] = {}
         self._counted: dict[tuple[str, str], float] = {}
         for state in TRIAL_STATES:
@@ -97,6 +116,9 @@ class PopulationMetrics:
 
     def set_exploits_total(self, total: int) -> None:
         self._advance(self.exploits, ("exploits", ""), total)
+
+    def set_exploit_skips_total(self, total: int) -> None:
+        self._advance(self.exploit_skips, ("exploit_skips", ""), total)
 
     def set_hyperparameters(self, trial: str, values: Mapping[str, float]) -> None:
         for name, value in values.items():

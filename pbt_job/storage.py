@@ -26,7 +26,9 @@ blip): `retry_storage` retries what `is_outage` calls an outage (connection
 failures, timeouts, 5xx, throttling) for up to `PBT_JOB_STORAGE_RETRY_S` seconds
 (default 300, at most a day) before it gives up with `StorageOutage`; the run then
 stops and the same command resumes it. Anything else (access denied, not found,
-file exists, too many open files, ...) is raised at once, as it is.
+file exists, too many open files, ...) is raised at once, as it is. Each retry is
+counted (`retries_so_far`): the driver's exporter reads the count when scraped, because
+while a write is being retried the driver does nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -87,6 +90,9 @@ REGION_NAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 """What botocore accepts as a region name (`InvalidRegionError` otherwise)."""
 
 T = TypeVar("T")
+
+_retries = 0
+_retries_lock = threading.Lock()
 
 
 class StorageError(BadInput):
@@ -168,6 +174,11 @@ def is_outage(err: BaseException) -> bool:
     return name in OUTAGE_AWS_ERRORS or (name == "UNKNOWN" and (status >= 500 or status == 429))
 
 
+def retries_so_far() -> int:
+    """Failed attempts `retry_storage` has tried again in this process (one per wait before another attempt)."""
+    return _retries
+
+
 def retry_storage(action: Callable[[], T], what: str) -> T:
     """Run a storage `action`, retrying outages (`is_outage`) with backoff for up to `retry_limit_s()`.
 
@@ -175,6 +186,7 @@ def retry_storage(action: Callable[[], T], what: str) -> T:
         StorageOutage: it still failed when the limit ran out.
         Exception: any error that is not an outage, at once and as it is.
     """
+    global _retries
     limit = retry_limit_s()
     deadline = time.monotonic() + limit
     delay = 0.5
@@ -187,6 +199,8 @@ def retry_storage(action: Callable[[], T], what: str) -> T:
             if time.monotonic() + delay > deadline:
                 raise StorageOutage.stopped(f"{what}, retried for {limit:.0f} s", err) from err
             logger.warning("[storage] %s failed (%s); retrying in %.1f s", what, err, delay)
+            with _retries_lock:
+                _retries += 1
             time.sleep(delay)
             delay = min(2 * delay, MAX_RETRY_DELAY_S)
 

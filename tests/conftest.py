@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -31,6 +32,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    """A real binary from PATH (helm, prometheus, promtool); `make test` runs `make tools` first, so a missing one is a failure."""
+    binary = shutil.which(name)
+    assert binary, f"{name} is not on PATH: run `make tools` and put .tools/bin on PATH (make test does both)"
+    return binary
 
 
 @pytest.fixture()
@@ -122,6 +130,33 @@ def bucket(s3_endpoint) -> str:
     name = f"pbt-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+class RestartableS3:
+    """A second S3 endpoint over the session's moto backend (same buckets, same users and keys),
+    stopped and restarted on the same port: the MinIO restart of a real cluster."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self.start()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+@pytest.fixture()
+def restartable_s3(s3_endpoint):
+    s3 = RestartableS3()
+    yield s3
+    s3.stop()
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,9 @@ CASES = {
         autoscaling=True,
     ),
     "monitoring-off": Case(
-        ("--set", "monitoring.podMonitor.enabled=false,monitoring.grafanaDashboard.enabled=false"), monitoring=False
+        ("--set", "monitoring.podMonitor.enabled=false,monitoring.prometheusRule.enabled=false,"
+                  "monitoring.grafanaDashboard.enabled=false"),
+        monitoring=False,
     ),
     # The README's worked example: IRSA, Kueue, priority class, two GPU groups and samplers, autoscaling.
     "shared-cluster": Case(
@@ -201,6 +203,7 @@ TYPOS = {  # id: (kind, path to the object, misspelt field)
     "worker group": ("RayJob", ["spec", "rayClusterSpec", "workerGroupSpecs", 0], "workerGroupSpec"),
     "embedded container": ("RayJob", HEAD_CONTAINER, "resource"),
     "PodMonitor endpoint": ("PodMonitor", ["spec", "podMetricsEndpoints", 0], "targetPorts"),
+    "PrometheusRule rule": ("PrometheusRule", ["spec", "groups", 0, "rules", 1], "expression"),
 }
 
 
@@ -554,6 +557,30 @@ BAD_VALUES = {  # id: (release name, helm args, what stderr must say)
         RELEASE, ("--set", r"kueue.queueName=a,job.labels.kueue\.x-k8s\.io/queue-name=b"),
         'job.labels sets kueue.x-k8s.io/queue-name ("b") and kueue.queueName is "a"; set only kueue.queueName',
     ),
+    "alerts without the PodMonitor": (
+        RELEASE, ("--set", "monitoring.podMonitor.enabled=false"),
+        "monitoring.prometheusRule.enabled is true but monitoring.podMonitor.enabled is false",
+    ),
+    "stalled after 0 minutes": (
+        RELEASE, ("--set", "monitoring.prometheusRule.stalledMinutes=0"),
+        "'/monitoring/prometheusRule/stalledMinutes': minimum: got 0, want 1",
+    ),
+    "stalled after 2.5 minutes": (
+        RELEASE, ("--set-json", "monitoring.prometheusRule.stalledMinutes=2.5"),
+        "'/monitoring/prometheusRule/stalledMinutes': got number, want integer",
+    ),
+    "throughput fraction of 1": (
+        RELEASE, ("--set", "monitoring.prometheusRule.throughputFraction=1"),
+        "'/monitoring/prometheusRule/throughputFraction': exclusiveMaximum: got 1, want 1",
+    ),
+    "skipped fraction over 1": (
+        RELEASE, ("--set-json", "monitoring.prometheusRule.skippedFraction=1.5"),
+        "'/monitoring/prometheusRule/skippedFraction': maximum: got 1.5, want 1",
+    ),
+    "slow exploits at 0 s": (
+        RELEASE, ("--set", "monitoring.prometheusRule.exploitSlowSeconds=0"),
+        "'/monitoring/prometheusRule/exploitSlowSeconds': exclusiveMinimum: got 0, want 0",
+    ),
     "storage not on S3": (RELEASE, ("--set", "storage.uri=/data/runs"), "'/storage/uri': '/data/runs' does not match pattern"),
     "job.config as a mapping": (RELEASE, ("--set", "job.config.name=quick"), "'/job/config': got object, want string"),
     "job.config without name": (
@@ -589,7 +616,9 @@ def test_plain_rayjob_is_the_chart_default():
         for label in HELM_ONLY_LABELS:
             del doc["metadata"]["labels"][label]
     assert {key: chart[key] for key in plain} == plain
-    assert chart.keys() - plain.keys() == {("PodMonitor", RELEASE), ("ConfigMap", f"{RELEASE}-dashboard")}
+    assert chart.keys() - plain.keys() == {
+        ("PodMonitor", RELEASE), ("PrometheusRule", RELEASE), ("ConfigMap", f"{RELEASE}-dashboard")
+    }
 
 
 def test_kind_files_agree_with_each_other():

@@ -23,7 +23,7 @@ import boto3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, free_port, list_keys, read_object
+from conftest import REPO, RestartableS3, free_port, list_keys, read_object
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri
 from pbt_job.training.algorithm import CHECKPOINTS_KEY
@@ -159,33 +159,6 @@ def scrape_env_steps(port: int) -> dict[str, float]:
 
 
 # -- storage outages ------------------------------------------------------------------------------------
-
-
-class RestartableS3:
-    """A second S3 endpoint over the session's moto backend (same buckets, same users and keys),
-    stopped and restarted on the same port: the MinIO restart of a real cluster."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = None
-        self.start()
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
-
-
-@pytest.fixture()
-def restartable_s3(s3_endpoint):
-    s3 = RestartableS3()
-    yield s3
-    s3.stop()
 
 
 def outage_run(bucket: str, name: str, tmp_path: Path, s3: RestartableS3, retry_s: int, stop: int) -> tuple[Driver, list]:

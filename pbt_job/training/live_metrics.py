@@ -2,9 +2,9 @@
 
 It keeps no exporter of its own (see `pbt_job.metrics`): Tune pickles it with the
 run, and a resumed driver must report to the server *it* started. Totals that must
-survive a resume (env steps, exploits) come from the run's own files, which the
-`RunRecorder` and the scheduler keep (both run before this callback: Tune calls
-the scheduler first, then callbacks in list order). What the `RunRecorder` reads
+survive a resume (env steps, exploits, skipped exploits) come from the run's own
+files, which the `RunRecorder` and the scheduler keep (both run before this
+callback: Tune calls the scheduler first, then callbacks in list order). What the `RunRecorder` reads
 from a result (iteration, metric, hyperparameters, env steps) is taken from its
 ledger, not parsed a second time; this callback reads only the rest.
 """
@@ -52,10 +52,10 @@ class ExploitTimer:
 
 
 class LiveMetrics(tune.Callback):
-    """Publishes each trial result, trial states, the exploit count and exploit times to the active exporter.
+    """Publishes each trial result, trial states, exploit and skip counts and exploit times to the active exporter.
 
     Args:
-        run_files: The run's files (ledgers for what the `RunRecorder` read, lineage for exploits).
+        run_files: The run's files (ledgers for what the `RunRecorder` read, lineage and skips for exploits).
         mode: "max" or "min": which end is the best metric.
         mutated: Tune keys of the mutated hyperparameters.
     """
@@ -74,7 +74,7 @@ class LiveMetrics(tune.Callback):
             return
         for trial_id, ledger in self.run_files.ledgers().items():
             exporter.set_env_steps_total(trial_id, ledger.env_steps_total)
-        exporter.set_exploits_total(len(self.run_files.lineage()))
+        self._set_exploit_totals(exporter)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         exporter = metrics.active()
@@ -109,17 +109,21 @@ class LiveMetrics(tune.Callback):
         lineage = self.run_files.lineage()
         for seconds in self._exploit_timer.durations(trial.trial_id, lineage, time.time()):
             exporter.observe_exploit(seconds)
-        exporter.set_exploits_total(len(lineage))
+        self._set_exploit_totals(exporter)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Final states, exploit count and every trial's config (an exploit may follow its last result)."""
+        """Final states, exploit and skip counts and every trial's config (an exploit may follow its last result)."""
         exporter = metrics.active()
         if exporter is None:
             return
         exporter.set_trial_states(trial.status for trial in trials)
-        exporter.set_exploits_total(len(self.run_files.lineage()))
+        self._set_exploit_totals(exporter)
         for trial in trials:
             exporter.set_hyperparameters(trial.trial_id, self._hyperparameters(trial))
+
+    def _set_exploit_totals(self, exporter: metrics.PopulationMetrics) -> None:
+        exporter.set_exploits_total(len(self.run_files.lineage()))
+        exporter.set_exploit_skips_total(len(self.run_files.skips()))
 
     def _hyperparameters(self, trial) -> dict[str, float]:
         return _numbers({yaml_name(key): trial.config.get(key) for key in self.mutated})

@@ -74,6 +74,16 @@ Call with (dict "root" $ "override" .image).
 {{- printf "%s-config" (include "pbt-job.fullname" .) }}
 {{- end }}
 
+{{/* Label selector of the head pod, where the driver, its log and its exporter are. */}}
+{{- define "pbt-job.headSelector" -}}
+{{- printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=head" .Release.Name }}
+{{- end }}
+
+{{/* The run folder: <storage.uri>/<job.config name>. */}}
+{{- define "pbt-job.runUri" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.storage.uri) (fromYaml .Values.job.config).name }}
+{{- end }}
+
 {{/* Where the job config is mounted in the head pod, and the file the entrypoint reads. */}}
 {{- define "pbt-job.configDir" -}}
 /etc/pbt-job
