@@ -7,7 +7,8 @@
 #   5. installs the chart with k8s/kind-values.yaml (the quick population of `make run`),
 #   6. waits for jobDeploymentStatus=Complete, reading the pbt-job exporter on the head
 #      and checking its memory-backed /dev/shm while the job runs,
-#   7. checks that checkpoints and lineage.jsonl are in the MinIO bucket.
+#   7. checks the driver's Kubernetes Events on the RayJob (an Exploit at least, and JobFinished),
+#   8. checks that checkpoints and lineage.jsonl are in the MinIO bucket.
 #
 # Needs a running Docker engine (about 6 CPUs and 12 GiB for it), kind, kubectl and helm
 # (`make tools` puts kubectl and helm in .tools/bin) and the project's .venv (`make
@@ -104,6 +105,20 @@ wait_for_job() {
     ((metrics_seen)) || die "the pbt-job exporter never answered while the job ran"
 }
 
+# The driver posts an Exploit event on the RayJob for each exploit and JobFinished at the end
+# (pbt_job/k8s_events.py), with the RayJob's uid, which `kubectl describe rayjob` matches.
+check_events() {
+    local uid selector exploits finished
+    uid="$(k get rayjob "${RELEASE}" -o jsonpath='{.metadata.uid}')"
+    selector="involvedObject.kind=RayJob,involvedObject.name=${RELEASE},involvedObject.uid=${uid}"
+    k get events --field-selector "${selector}" --sort-by=.lastTimestamp >&2
+    exploits="$(k get events --field-selector "${selector},reason=Exploit" -o name | wc -l)"
+    finished="$(k get events --field-selector "${selector},reason=JobFinished" -o name | wc -l)"
+    ((exploits >= 1)) || die "no Exploit event on RayJob ${RELEASE} (kubectl get events --field-selector ${selector})"
+    ((finished >= 1)) || die "no JobFinished event on RayJob ${RELEASE}"
+    log "RayJob ${RELEASE}: ${exploits} Exploit event(s) and JobFinished"
+}
+
 check_bucket() {
     local access_key secret_key
     access_key="$(k get secret minio-credentials -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"
@@ -169,6 +184,7 @@ main() {
         --namespace "${namespace}" --values "${repo_root}/k8s/kind-values.yaml"
 
     wait_for_job
+    check_events
     check_bucket
     log "passed"
 }

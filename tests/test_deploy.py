@@ -30,6 +30,7 @@ import yaml
 from kubernetes.utils import parse_quantity
 
 from conftest import REPO, SHARED
+from pbt_job.k8s_events import RAYJOB_NAME_ENV
 from pbt_job.training.config import load_config
 
 CHART = REPO / "helm" / "pbt-job"
@@ -105,16 +106,19 @@ def helm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([binary, *args], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
+def render(*args: str) -> tuple[dict, ...]:
+    """The chart's objects, installed with `args` in namespace training."""
+    proc = helm("template", RELEASE, str(CHART), "--namespace", "training", *args)
+    assert proc.returncode == 0, proc.stderr
+    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
+
+
 @functools.cache
 def documents(source: str) -> tuple[dict, ...]:
     """The objects of a chart case (rendered once) or of a plain manifest file."""
     if source in CASES:
-        proc = helm("template", RELEASE, str(CHART), "--namespace", "training", *CASES[source].args)
-        assert proc.returncode == 0, proc.stderr
-        text = proc.stdout
-    else:
-        text = (REPO / source).read_text()
-    return tuple(doc for doc in yaml.safe_load_all(text) if doc)
+        return render(*CASES[source].args)
+    return tuple(doc for doc in yaml.safe_load_all((REPO / source).read_text()) if doc)
 
 
 def only(docs: tuple[dict, ...], kind: str, name_suffix: str = "") -> dict:
@@ -269,6 +273,46 @@ def test_credentials_only_in_the_secret_or_from_the_service_account(case):
                 assert key not in env, group
             else:
                 assert env[key]["valueFrom"]["secretKeyRef"] == {"name": expected.secret_ref, "key": key}, group
+
+
+def head_env(rayjob: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in ray_pods(rayjob)["head"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_head_s_service_account_may_post_events_on_its_rayjob(case):
+    """The Role allows creating events and reading this RayJob, nothing else; the binding names the
+    ServiceAccount the head pod runs as ("default" when the chart names none), and only the head
+    container (where the driver runs) is told the RayJob's name."""
+    docs = documents(case)
+    rayjob = only(docs, "RayJob")
+    name = rayjob["metadata"]["name"]
+    role, binding = only(docs, "Role"), only(docs, "RoleBinding")
+    assert role["metadata"]["name"] == f"{name}-events"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "resourceNames": [name], "verbs": ["get"]},
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{name}-events"}
+    head_account = ray_pods(rayjob)["head"]["spec"].get("serviceAccountName", "default")
+    assert head_account == (CASES[case].service_account or "default")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": head_account}]
+    assert head_env(rayjob)[RAYJOB_NAME_ENV] == name
+    for group, pod in ray_pods(rayjob).items():
+        if group != "head":
+            assert RAYJOB_NAME_ENV not in [e["name"] for e in pod["spec"]["containers"][0]["env"]], group
+
+
+def test_the_events_binding_follows_the_head_s_own_service_account():
+    docs = render("--set", "serviceAccount.create=false,head.serviceAccountName=driver")
+    assert ray_pods(only(docs, "RayJob"))["head"]["spec"]["serviceAccountName"] == "driver"
+    assert only(docs, "RoleBinding")["subjects"] == [{"kind": "ServiceAccount", "name": "driver"}]
+
+
+def test_kubernetes_events_off_renders_no_role_and_no_rayjob_name():
+    docs = render("--set", "kubernetesEvents.enabled=false")
+    assert not [doc["kind"] for doc in docs if doc["kind"] in ("Role", "RoleBinding")]
+    assert RAYJOB_NAME_ENV not in head_env(only(docs, "RayJob"))
 
 
 def test_per_group_values_land_in_their_pod():
@@ -581,6 +625,12 @@ BAD_VALUES = {  # id: (release name, helm args, what stderr must say)
         RELEASE, ("--set", "monitoring.prometheusRule.exploitSlowSeconds=0"),
         "'/monitoring/prometheusRule/exploitSlowSeconds': exclusiveMinimum: got 0, want 0",
     ),
+    "kubernetesEvents.enabled not a boolean": (
+        RELEASE, ("--set", "kubernetesEvents.enabled=maybe"), "'/kubernetesEvents/enabled': got string, want boolean"
+    ),
+    "unknown kubernetesEvents key": (
+        RELEASE, ("--set", "kubernetesEvents.rbac=false"), "at '/kubernetesEvents': additional properties 'rbac' not allowed"
+    ),
     "storage not on S3": (RELEASE, ("--set", "storage.uri=/data/runs"), "'/storage/uri': '/data/runs' does not match pattern"),
     "job.config as a mapping": (RELEASE, ("--set", "job.config.name=quick"), "'/job/config': got object, want string"),
     "job.config without name": (
@@ -608,8 +658,9 @@ HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/version", "app.kubernete
 
 
 def test_plain_rayjob_is_the_chart_default():
-    """k8s/rayjob.yaml is `kubectl apply`-able and is the chart's default render, less Helm's own
-    labels and the monitoring objects (which need prometheus-operator and Grafana)."""
+    """k8s/rayjob.yaml is `kubectl apply`-able and is the chart's default render (the events Role and
+    RoleBinding included), less Helm's own labels and the monitoring objects (which need
+    prometheus-operator and Grafana)."""
     chart = {(doc["kind"], doc["metadata"]["name"]): copy.deepcopy(doc) for doc in documents("defaults")}
     plain = {(doc["kind"], doc["metadata"]["name"]): doc for doc in documents("k8s/rayjob.yaml")}
     for doc in chart.values():

@@ -37,6 +37,7 @@ from pbt_job.training.ray_compat import (
     cluster_may_grow,
     failures_while_pending_recovered,
 )
+from pbt_job.training.rayjob_events import RayJobEventLog
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def train(
                 callbacks=[
                     RunRecorder(run_files, job.pbt.metric, mutated),
                     LiveMetrics(run_files, job.pbt.mode, mutated),
+                    RayJobEventLog(run_files, job.pbt.mode),
                     ResultLog(),
                     ProgressLog(),
                     PendingDemandLog(),

@@ -70,6 +70,11 @@ Call with (dict "root" $ "override" .image).
 {{- end }}
 {{- end }}
 
+{{/* The ServiceAccount the head pod (and the driver on it) runs as, "default" included. */}}
+{{- define "pbt-job.headServiceAccountName" -}}
+{{- .Values.head.serviceAccountName | default (include "pbt-job.serviceAccountName" .) | default "default" }}
+{{- end }}
+
 {{- define "pbt-job.configMapName" -}}
 {{- printf "%s-config" (include "pbt-job.fullname" .) }}
 {{- end }}
@@ -229,7 +234,12 @@ spec:
         {{- else }}
         - {name: metrics, containerPort: 8080}
         {{- end }}
-      {{- $env := concat (include "pbt-job.env" $root | fromYamlArray) ($group.containerEnv | default list) }}
+      {{- $env := include "pbt-job.env" $root | fromYamlArray }}
+      {{- if and $isHead $root.Values.kubernetesEvents.enabled }}
+      {{- /* The RayJob the driver posts its events on (pbt_job/k8s_events.py). */}}
+      {{- $env = append $env (dict "name" "PBT_JOB_RAYJOB_NAME" "value" (include "pbt-job.fullname" $root)) }}
+      {{- end }}
+      {{- $env = concat $env ($group.containerEnv | default list) }}
       {{- if and $isHead $root.Values.autoscaling.enabled }}
       {{- /* Tune creates a placement group for every trial up front, so the autoscaler
       sees the whole population's demand (4 is pbt-job's default population). */}}
