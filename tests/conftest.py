@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -31,6 +32,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    """A real binary from PATH (helm, prometheus, promtool); `make test` runs `make tools` first, so a missing one is a failure."""
+    binary = shutil.which(name)
+    assert binary, f"{name} is not on PATH: run `make tools` and put .tools/bin on PATH (make test does both)"
+    return binary
 
 
 @pytest.fixture()
