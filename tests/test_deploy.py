@@ -16,7 +16,6 @@ import fnmatch
 import functools
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -29,7 +28,7 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, tool
 from pbt_job.k8s_events import RAYJOB_NAME_ENV
 from pbt_job.training.config import load_config
 
@@ -100,10 +99,8 @@ PLAIN_MANIFESTS = ("k8s/rayjob.yaml", "k8s/minio.yaml")
 
 
 def helm(*args: str) -> subprocess.CompletedProcess:
-    """The real helm from PATH; `make test` runs `make tools` first, so a missing helm is a failure."""
-    binary = shutil.which("helm")
-    assert binary, "helm is not on PATH: run `make tools` and put .tools/bin on PATH (make test does both)"
-    return subprocess.run([binary, *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+    """The real helm (`make tools`), run in the repository."""
+    return subprocess.run([tool("helm"), *args], capture_output=True, text=True, cwd=REPO, timeout=60)
 
 
 def render(*args: str) -> tuple[dict, ...]:
