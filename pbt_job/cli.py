@@ -1,4 +1,4 @@
-"""`pbt-job`: train a PBT population, validate a config, report on a run.
+"""`pbt-job`: train a PBT population, validate a config, report on a run, evaluate its policies.
 
 Exit codes: 0 success; 2 bad input (config, flags, storage unreachable, hung or
 refusing the credentials, a resume with another configuration), with one line naming
@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="draw a run's lineage, schedules and curves (finished or running)")
     report.add_argument("run", metavar="RUN", help="the run folder, local or s3://bucket/prefix/name")
     report.add_argument("--out", help="folder to write into (default RUN/report, or ./report-NAME for S3)")
+
+    evaluate = commands.add_parser("evaluate", help="play the trained policies against random and initial ones")
+    evaluate.add_argument("run", metavar="RUN", help="the run folder, local or s3://bucket/prefix/name")
+    evaluate.add_argument("--episodes", type=int, default=30, help="episodes per policy set (default 30)")
+    evaluate.add_argument("--seed", type=int, default=0, help="episode i plays seed S + i in every set (default 0)")
+    evaluate.add_argument("--trial", metavar="ID", help="a trial's latest checkpoint instead of the run's best/")
+    evaluate.add_argument("--greedy", action="store_true", help="take each policy's most likely action (default: sample)")
+    evaluate.add_argument("--replay", action="store_true", help="also write replay.gif of the first trained episode")
+    evaluate.add_argument("--out", help="folder to write into (default RUN/evaluation, or ./evaluation-NAME for S3)")
     return parser
 
 
@@ -153,7 +162,23 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": _train, "validate": _validate, "report": _report}
+def _evaluate(args: argparse.Namespace) -> int:
+    from pbt_job.training.evaluate import check_request
+
+    check_request(args.episodes, args.seed)  # before Ray and torch load: a bad flag answers in a second
+    from pbt_job.training.evaluate import evaluate, summary_lines
+
+    numbers = evaluate(args.run, episodes=args.episodes, seed=args.seed, out=args.out, trial=args.trial,
+                       greedy=args.greedy, replay=args.replay)
+    print(f"evaluation of {numbers['uri']}: {numbers['episodes']} episodes per set (seeds {numbers['seeds'][0]}-"
+          f"{numbers['seeds'][1]}), actions {numbers['actions']}; means per episode, [95% CI]")
+    for line in summary_lines(numbers):
+        print(line)
+    print(f"evaluation: {numbers['out']}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": _train, "validate": _validate, "report": _report, "evaluate": _evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

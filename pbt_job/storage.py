@@ -541,6 +541,24 @@ def write_bytes(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
     retry_storage(lambda: _write_bytes(fs, path, data), f"writing {path}")
 
 
+def write_files(target: StorageLocation, files: dict[str, bytes]) -> None:
+    """Write each `name: content` into the folder `target` (an `--out`), retrying outages.
+
+    Raises:
+        StorageError: the place refuses a file (e.g. a folder of that name is in the way), naming `--out`.
+        StorageOutage: S3 stayed unavailable for the retry limit.
+    """
+    fs = filesystem(target)
+    for name, content in files.items():
+        try:
+            write_bytes(fs, target.join(name), content)
+        except StorageOutage:
+            raise
+        except OSError as err:  # not an outage: the place refuses
+            reason = err.strerror or str(err).splitlines()[0]
+            raise StorageError(f"{target.named}: cannot write {name} there ({reason}); choose another --out") from None
+
+
 def _write_bytes(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)

@@ -137,6 +137,10 @@ class GameState:
     def count_alive(self, role: int) -> int:
         return int(np.count_nonzero(self.alive & (self.layout.role == role)))
 
+    def count_alive_of_kind(self, kind: str) -> int:
+        start = self.layout.kind_offset[kind]
+        return int(np.count_nonzero(self.alive[start : start + self.layout.kind_count[kind]]))
+
 
 class ObservationWindows:
     """Cuts every agent's observation window from one padded grid.

@@ -15,7 +15,7 @@ from typing import Any
 from pbt_job.report import plots
 from pbt_job.report.ancestry import Segment, ancestry, segment_end
 from pbt_job.report.run_data import SUMMARY_FIELDS, RunData, load_run
-from pbt_job.storage import StorageError, StorageOutage, check_writable, filesystem, parse_storage_uri, write_bytes
+from pbt_job.storage import check_writable, parse_storage_uri, write_files
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ def write_report(run: str, out: str | None = None) -> str:
     data = load_run(run)
     target = parse_storage_uri(out or default_out(data), flag="--out")
     check_writable(target)  # before anything is drawn: a place that refuses writes is named at once
-    fs = filesystem(target)
     best = data.best_trial()
     chain = ancestry(best, data.exploits) if best else []
     notes = []
@@ -65,14 +64,7 @@ def write_report(run: str, out: str | None = None) -> str:
     files = {name: PICTURES[name](data, chain) for name in pictures}
     files["report.json"] = (json.dumps(numbers, indent=2, sort_keys=True) + "\n").encode()
     files["report.md"] = render_markdown(numbers).encode()
-    for name, content in files.items():
-        try:
-            write_bytes(fs, target.join(name), content)
-        except StorageOutage:
-            raise
-        except OSError as err:  # not an outage: the place refuses (e.g. a folder named report.md is in the way)
-            reason = err.strerror or str(err).splitlines()[0]
-            raise StorageError(f"{target.named}: cannot write {name} there ({reason}); choose another --out") from None
+    write_files(target, files)
     for note in notes:
         logger.warning("[report] %s: %s", data.location.uri, note)
     return target.display("report.md")
