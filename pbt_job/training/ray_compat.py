@@ -222,12 +222,6 @@ def defer_deletion(fs: Any, fs_path: str) -> None:
         _Deletions.queued.append((fs, fs_path))
 
 
-def cancel_deletion(fs_path: str) -> None:
-    """Keep a queued folder after all: it was written again."""
-    _Deletions.queued = [(fs, path) for fs, path in _Deletions.queued if path != fs_path]
-    _Deletions.unnamed = [(fs, path) for fs, path in _Deletions.unnamed if path != fs_path]
-
-
 def delete_after_snapshot(tune_controller: Any) -> None:
     """Save an experiment snapshot without waiting for its upload, then delete the folders queued
     before the previous one, which is stored by then.

@@ -52,7 +52,6 @@ from pbt_job.result_keys import yaml_name
 from pbt_job.run_folder import RunFiles
 from pbt_job.training.ray_compat import (
     PBTHooks,
-    cancel_deletion,
     checkpoint_exists,
     defer_deletion,
     delete_after_snapshot,
@@ -173,7 +172,11 @@ class _Lineage(PBTHooks):
             self._record_skip(trial, f"donor {trial_to_clone.trial_id} has no checkpoint left on storage")
             return
         donor_checkpoint = donor_state.last_checkpoint
-        pin_path = f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}"
+        decided_at = time.time()
+        # Unique per exploit: a recipient restored to an older iteration can exploit the same
+        # donor at the same iteration again, while another trial may still restore from (or a
+        # lineage line name) the first pin: a pin is never overwritten.
+        pin_path = f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}_at_{decided_at * 1e6:.0f}"
         try:
             self._copy_to_pin(donor_checkpoint, trial, pin_path)
         except OSError as err:
@@ -189,7 +192,7 @@ class _Lineage(PBTHooks):
         self.run_files.record(
             {
                 "event": "exploit",
-                "time": time.time(),
+                "time": decided_at,
                 "iteration": iteration,
                 "recipient": trial.trial_id,
                 "donor": trial_to_clone.trial_id,
@@ -207,15 +210,11 @@ class _Lineage(PBTHooks):
     @staticmethod
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
         """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything)."""
-        fs = trial.storage.storage_filesystem
-        cancel_deletion(pin_path)
-        if exists_at_fs_path(fs, pin_path):
-            delete_fs_path(fs, pin_path)
         pyarrow.fs.copy_files(
             donor_checkpoint.path,
             pin_path,
             source_filesystem=donor_checkpoint.filesystem,
-            destination_filesystem=fs,
+            destination_filesystem=trial.storage.storage_filesystem,
             use_threads=False,
         )
 
