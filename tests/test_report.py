@@ -213,7 +213,9 @@ def local_run(ray_start_2_cpus, tmp_path_factory) -> Path:
 def s3_run(ray_start_2_cpus, s3_endpoint) -> tuple[str, str]:
     bucket = f"pbt-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return bucket, train_tiny(f"s3://{bucket}/runs", "report-s3", [])
+    # A perturbation point at every iteration: with two trials PBT may decide no exploit at
+    # the default interval (a CI run had none), and the report's exploit figures need one.
+    return bucket, train_tiny(f"s3://{bucket}/runs", "report-s3", ["pbt.perturbation_interval=1"])
 
 
 def png_size(data: bytes) -> tuple[int, int]:
