@@ -179,3 +179,14 @@ def list_keys(bucket: str, prefix: str = "") -> list[str]:
 def read_object(bucket: str, key: str) -> str:
     client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def donor_modules(event: dict, exploits: list[dict], modules_dir: str) -> Path:
+    """The modules a recipient loaded at `event`. A donor restored from a pin may be a donor before
+    it has a checkpoint of its own, and that pin is released later; a pin is a copy of the
+    checkpoint its own exploit names, kept while `num_to_keep` is null."""
+    source_of_pin = {e["pinned_checkpoint"]: e["donor_checkpoint"] for e in exploits}
+    path = event["donor_checkpoint"]
+    while path in source_of_pin:
+        path = source_of_pin[path]
+    return Path(path) / modules_dir

@@ -15,7 +15,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.utils.serialization import TuneFunctionDecoder
 
-from conftest import REPO, list_keys, read_object
+from conftest import REPO, donor_modules, list_keys, read_object
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri
 from pbt_job.training.algorithm import ENDED_AT_KEY, PBTPPO, RESTORED_KEY, SEED_KEY, weights_digest
@@ -105,11 +105,11 @@ def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
         assert event["recipient"] != event["donor"]
         assert_explored_within_domains(event)
         restored = clone_result(next(r for d, r in results.items() if f"_{event['recipient']}_" in d), event)
-        donor_modules = Path(event["donor_checkpoint"]) / MODULES_IN_CHECKPOINT
-        if restored is None or not donor_modules.exists():  # a pinned donor copy is released later
+        if restored is None:
             continue
+        modules = donor_modules(event, exploits, MODULES_IN_CHECKPOINT)
         for policy, applied in restored[RESTORED_KEY].items():
-            assert applied["weights_sha256"] == weights_digest(RLModule.from_checkpoint(donor_modules / policy)), policy
+            assert applied["weights_sha256"] == weights_digest(RLModule.from_checkpoint(modules / policy)), policy
         compared += 1
     assert compared >= 1, exploits
 

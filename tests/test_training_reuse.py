@@ -9,7 +9,7 @@ import pytest
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.rl_module import RLModule
 
-from conftest import REPO
+from conftest import REPO, donor_modules
 from pbt_job.result_keys import tune_key
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import parse_storage_uri
@@ -178,6 +178,6 @@ def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fres
             assert applied["lr"] == pytest.approx(event["config_after"]["lr"]), module
             assert applied["entropy_coeff"] == pytest.approx(event["config_after"]["entropy_coeff"]), module
             assert applied["clip_param"] == pytest.approx(event["config_after"]["clip_param"]), module
-        donor_modules = Path(event["donor_checkpoint"]) / MODULES_IN_CHECKPOINT
+        modules = donor_modules(event, exploits, MODULES_IN_CHECKPOINT)
         for policy, applied in first[RESTORED_KEY].items():
-            assert applied["weights_sha256"] == weights_digest(RLModule.from_checkpoint(donor_modules / policy)), policy
+            assert applied["weights_sha256"] == weights_digest(RLModule.from_checkpoint(modules / policy)), policy
