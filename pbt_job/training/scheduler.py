@@ -34,6 +34,7 @@ that restart.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import logging
@@ -68,6 +69,7 @@ from pbt_job.training.ray_compat import (
 logger = logging.getLogger(__name__)
 
 PIN_DIR = "pinned"
+PIN_COPY_THREADS = 8
 
 
 def _pin_dir(trial: Trial) -> str:
@@ -209,14 +211,22 @@ class _Lineage(PBTHooks):
 
     @staticmethod
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
-        """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything)."""
-        pyarrow.fs.copy_files(
-            donor_checkpoint.path,
-            pin_path,
-            source_filesystem=donor_checkpoint.filesystem,
-            destination_filesystem=trial.storage.storage_filesystem,
-            use_threads=False,
-        )
+        """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything).
+
+        File by file within the storage, several at once: on S3 each is a server-side copy, so no
+        byte passes through the driver (streaming a 5.5 MB checkpoint down and up again cost the
+        recipient about a second per exploit on an S3 server on the same machine).
+        """
+        fs = trial.storage.storage_filesystem
+        source = donor_checkpoint.path.rstrip("/")
+        selector = pyarrow.fs.FileSelector(source, recursive=True)
+        files = [info.path for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.File]
+        targets = {path: pin_path + path[len(source):] for path in files}
+        if isinstance(fs, pyarrow.fs.LocalFileSystem):  # S3 has no folders to make
+            for folder in {target.rsplit("/", 1)[0] for target in targets.values()}:
+                fs.create_dir(folder, recursive=True)
+        with concurrent.futures.ThreadPoolExecutor(PIN_COPY_THREADS) as pool:
+            list(pool.map(fs.copy_file, targets, targets.values()))
 
     def _restore_from_pin(self, trial: Trial, pin_path: str) -> None:
         """Point the recipient's restore at its pinned copy and drop older pins."""
