@@ -96,6 +96,7 @@ class FastEnvRunner(MultiAgentEnvRunner):
     def _reset_envs(self, episodes: list, shared_data: dict, explore: bool) -> None:
         """Reset every game and start its episode, without the env-to-module pipeline this loop does not use."""
         self._ongoing_episodes_for_metrics.clear()
+        self._policy_of: dict[str, str] = {}
         seed = self._seed if self._needs_initial_reset else None
         self._acting = []
         for index, game in enumerate(self._games()):
@@ -149,9 +150,13 @@ class FastEnvRunner(MultiAgentEnvRunner):
             acting: Per game, the observations of the agents that act next (alive, not done).
         """
         rows: dict[str, list[tuple[int, str, np.ndarray]]] = {}
+        policy_of = self._policy_of
         for index, observations in enumerate(acting):
             for agent, obs in observations.items():
-                rows.setdefault(policy_mapping_fn(agent), []).append((index, agent, obs))
+                policy = policy_of.get(agent)
+                if policy is None:
+                    policy = policy_of[agent] = policy_mapping_fn(agent)
+                rows.setdefault(policy, []).append((index, agent, obs))
         actions: list[dict] = [{} for _ in acting]
         outputs: list[dict] = [{} for _ in acting]
         seq_no = self._weights_seq_no
