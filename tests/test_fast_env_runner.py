@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import ray
+import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 
@@ -20,7 +21,7 @@ from conftest import REPO
 from pbt_job.result_keys import SCORE_KEY
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import ConfigError, load_config
-from pbt_job.training.fast_env_runner import FastEnvRunner
+from pbt_job.training.fast_env_runner import FastEnvRunner, draw_actions
 
 TINY = REPO / "tests" / "data" / "tiny.yaml"
 GRAZING = REPO / "tests" / "data" / "grazing.yaml"
@@ -84,6 +85,18 @@ def test_fast_runner_records_the_log_probability_of_the_sampled_action():
             np.testing.assert_allclose(logp, log_softmax[np.arange(len(actions)), actions], rtol=1e-4, atol=1e-5)
             checked += len(actions)
     assert checked > 0
+
+
+def test_drawn_actions_follow_the_categorical_distribution():
+    """20,000 draws from fixed logits: each action's frequency is within 0.01 of its probability
+    (4 standard errors at most), zero-probability actions never come, and the log-probability is the action's."""
+    torch.manual_seed(0)
+    probabilities = torch.tensor([0.1, 0.0, 0.2, 0.7])
+    logits = torch.log(probabilities).expand(20_000, 4) + 3.0
+    actions, logp = draw_actions(logits)
+    frequencies = torch.bincount(actions, minlength=4) / len(actions)
+    assert torch.allclose(frequencies, probabilities, atol=0.01), frequencies
+    assert torch.allclose(logp, torch.log(probabilities)[actions])
 
 
 def test_env_runner_choice_is_validated():
