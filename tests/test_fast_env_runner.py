@@ -22,6 +22,7 @@ from pbt_job.result_keys import SCORE_KEY
 from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import ConfigError, load_config
 from pbt_job.training.fast_env_runner import FastEnvRunner, draw_actions
+from pbt_job.training.rllib_env import RLlibPredPreyGrass
 
 TINY = REPO / "tests" / "data" / "tiny.yaml"
 GRAZING = REPO / "tests" / "data" / "grazing.yaml"
@@ -127,3 +128,24 @@ def test_fast_runner_trains_as_a_remote_env_runner(ray_start_2_cpus):
     assert set(runners["module_episode_returns_mean"]) == set(job.env.policies)
     assert set(runners["num_module_steps_sampled"]) == set(job.env.policies)
     assert math.isfinite(last[SCORE_KEY])
+
+
+def test_the_adapter_plays_actions_in_slot_order_whatever_the_dict_order():
+    """RLlib's stock runner orders the action dict by string hashing; the game moves agents in dict
+    order, so the adapter must sort: the same seed and moves given in reverse give the same game."""
+    config = load_config(GRAZING).env.model_dump(mode="json")
+    forward, backward = RLlibPredPreyGrass(config), RLlibPredPreyGrass(config)
+    obs, _ = forward.reset(seed=5)
+    backward.reset(seed=5)
+    rng = np.random.default_rng(0)
+    living = list(obs)
+    for _ in range(25):
+        actions = {agent: int(rng.integers(forward.get_action_space(agent).n)) for agent in living}
+        obs, rewards, terminateds, truncateds, _ = forward.step(actions)
+        mirrored, mirrored_rewards, *_ = backward.step(dict(reversed(actions.items())))
+        assert obs.keys() == mirrored.keys() and rewards == mirrored_rewards
+        for agent, window in obs.items():
+            np.testing.assert_array_equal(window, mirrored[agent], err_msg=agent)
+        living = [agent for agent in obs if not (terminateds[agent] or truncateds[agent])]
+        if not living:
+            break

@@ -17,6 +17,7 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.schedulers.pbt import _PBTTrialState
+from ray.tune.search.sample import Domain
 
 from conftest import REPO
 from pbt_job.training import ray_compat
@@ -229,7 +230,7 @@ def test_checkpoint_deletions_deferred(tmp_path):
 
 @pytest.mark.slow
 def test_learner_lr_schedule_and_connector(ray_start_2_cpus):
-    algo = PBTPPO(config={key: getattr(value, "sample", lambda: value)() for key, value in param_space(
+    algo = PBTPPO(config={key: value.sample() if isinstance(value, Domain) else value for key, value in param_space(
         load_config(REPO / "tests" / "data" / "tiny.yaml")).items()})
     try:
 
