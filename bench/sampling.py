@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--end-to-end", action="store_true", help="also one trial, fast and stock")
     parser.add_argument("--iterations", type=int, default=4, help="timed iterations per trial")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # Ray gives a 1-CPU actor (a remote runner, a trial) OMP_NUM_THREADS=1
     game = game_speed(args.seconds, args.seed)
     fast = runner_speed("fast", None, args.seconds, args.seed)
     stock = {f"k{games}": runner_speed("stock", games, args.seconds, args.seed) for games in (1, 4)}
@@ -123,7 +123,6 @@ def main() -> None:
     if args.end_to_end:
         import ray
 
-        torch.set_num_threads(2)  # a trial's learner uses the machine's threads
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         trials = {kind: trial_speed(kind, games, args.iterations, args.seed) for kind, games in (("fast", None), ("stock", 1))}
         figures["trial"] = {
