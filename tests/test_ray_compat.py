@@ -17,10 +17,11 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.schedulers.pbt import _PBTTrialState
+from ray.tune.search.sample import Domain
 
 from conftest import REPO
 from pbt_job.training import ray_compat
-from pbt_job.training.algorithm import PBTPPO
+from pbt_job.training.algorithm import PBTPPO, build_ppo_config
 from pbt_job.training.config import load_config
 from pbt_job.training.explore import pb2_bounds, pbt_mutations
 from pbt_job.training.run import param_space
@@ -126,6 +127,35 @@ def test_env_runner_weights_seq_no():
     assert runner._weights_seq_no == 0
 
 
+def test_fast_env_runner_internals():
+    """Every `MultiAgentEnvRunner` internal the fast runner uses exists on a built stock runner, and the
+    two it overrides are still what the stock `sample()` and reset call, with the arguments it passes."""
+    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+
+    job = load_config(REPO / "tests" / "data" / "tiny.yaml", ["resources.env_runner=stock"])
+    runner = MultiAgentEnvRunner(config=build_ppo_config(job))
+    missing = [name for name in ray_compat.FAST_ENV_RUNNER_INTERNALS if not hasattr(runner, name)]
+    assert not missing, f"MultiAgentEnvRunner lacks {missing}"
+    assert "self._sample(" in inspect.getsource(MultiAgentEnvRunner.sample)
+    assert parameters(MultiAgentEnvRunner._sample) == ["self", "num_timesteps", "num_episodes", "explore", "random_actions", "force_reset"]
+    assert "self._reset_envs(self._ongoing_episodes, self._shared_data, explore)" in inspect.getsource(
+        MultiAgentEnvRunner._reset_envs_and_episodes)
+    assert parameters(MultiAgentEnvRunner._reset_envs) == ["self", "episodes", "shared_data", "explore"]
+
+
+def test_add_env_step_unchecked():
+    """The episode's class is swapped for the step only: the step is recorded, `validate` skipped, the class restored."""
+    from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
+
+    assert "__dict__" not in dir(MultiAgentEpisode) and "self.validate()" in inspect.getsource(MultiAgentEpisode.add_env_step)
+    episode = MultiAgentEpisode()
+    episode.add_env_reset(observations={"a": 0})
+    ray_compat.add_env_step_unchecked(episode, observations={"a": 1}, actions={"a": 0}, rewards={"a": 2.0})
+    assert type(episode) is MultiAgentEpisode
+    assert episode.env_t == 1 and episode.get_return() == 2.0
+    episode.validate()
+
+
 def test_failures_while_pending_recovered():
     """Tune recovers only a RUNNING trial; the block makes a PENDING one with retries left RUNNING
     first. Only a successful reset leaves `_resetting_trials`, and a trial in it is never given
@@ -200,7 +230,7 @@ def test_checkpoint_deletions_deferred(tmp_path):
 
 @pytest.mark.slow
 def test_learner_lr_schedule_and_connector(ray_start_2_cpus):
-    algo = PBTPPO(config={key: getattr(value, "sample", lambda: value)() for key, value in param_space(
+    algo = PBTPPO(config={key: value.sample() if isinstance(value, Domain) else value for key, value in param_space(
         load_config(REPO / "tests" / "data" / "tiny.yaml")).items()})
     try:
 

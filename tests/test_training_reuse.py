@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.tune.search.sample import Domain
 
 from conftest import REPO, donor_modules
 from pbt_job.result_keys import tune_key
@@ -31,7 +32,7 @@ EXPLORED = {
 
 def trial_config(job) -> dict:
     """One member's Tune config: the param space with its domains drawn."""
-    return {key: value.sample() if hasattr(value, "sample") else value for key, value in param_space(job).items()}
+    return {key: value.sample() if isinstance(value, Domain) else value for key, value in param_space(job).items()}
 
 
 def in_force(learner) -> dict:

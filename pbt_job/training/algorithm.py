@@ -57,6 +57,7 @@ from pbt_job.result_keys import (
 )
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, JobConfig
+from pbt_job.training.fast_env_runner import FastEnvRunner
 from pbt_job.training.model import module_spec
 from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr, trial_index
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
@@ -93,6 +94,7 @@ def build_ppo_config(job: JobConfig) -> PPOConfig:
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             rollout_fragment_length=res.rollout_fragment_length,
+            env_runner_cls=FastEnvRunner if res.env_runner == "fast" else None,
         )
         # Without remote learners the learner lives in the trial's main process, and RLlib
         # would reserve a whole CPU for it whatever `num_cpus_for_main_process` says.

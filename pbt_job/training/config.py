@@ -204,7 +204,14 @@ class ResourcesConfig(_Frozen):
     num_env_runners: int = Field(
         0, ge=0, le=1024, description="Remote env runners per trial (0 samples in the trial itself)."
     )
-    num_envs_per_env_runner: int = Field(1, ge=1, le=1024, description="Vectorised games per env runner.")
+    num_envs_per_env_runner: int = Field(1, ge=1, le=1024, description="Games per env runner, stepped together.")
+    env_runner: Literal["fast", "stock"] = Field(
+        "fast",
+        description=(
+            "Sampling loop: 'fast' batches all agents of all the runner's games into one forward pass per "
+            "policy and step (pbt_job/training/fast_env_runner.py); 'stock' is RLlib's MultiAgentEnvRunner."
+        ),
+    )
     rollout_fragment_length: int | Literal["auto"] = Field("auto", description="Env steps per sample call.")
     num_cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of a trial's main process (and local learner).")
     num_cpus_per_env_runner: float = Field(1.0, gt=0, description="CPUs per remote env runner.")

@@ -54,7 +54,13 @@ class GridPPOModule(TorchRLModule, ValueFunctionAPI):
         self._value = nn.Linear(width, 1)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self._policy(self._encoder(batch[Columns.OBS]))}
+        return {Columns.ACTION_DIST_INPUTS: self.action_logits(batch[Columns.OBS])}
+
+    def action_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy's logits for a batch of observations: what `forward_exploration` and
+        `forward_inference` return, without their dict and train/eval switching (the fast
+        env runner calls this once per policy and step)."""
+        return self._policy(self._encoder(obs))
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         embeddings = self._encoder(batch[Columns.OBS])

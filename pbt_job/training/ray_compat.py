@@ -27,6 +27,7 @@ import ray
 from ray.train._internal import checkpoint_manager as checkpoint_manager_module
 from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
 from ray.train._internal.storage import _delete_fs_path, _exists_at_fs_path
+from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 from ray.tune import Checkpoint
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -379,3 +380,50 @@ def forget_synced_weights(env_runner: Any) -> None:
     trained the donor's. A new actor's runners start at 0; RLlib has no public reset.
     """
     env_runner._weights_seq_no = 0
+
+
+FAST_ENV_RUNNER_INTERNALS = {
+    "_sample": "the sampling loop `FastEnvRunner` replaces; the public `sample()` around it keeps timers, "
+    "weight pulls and `on_sample_end`",
+    "_reset_envs": "resets the games and starts their episodes; replaced to skip the env-to-module pipeline",
+    "_reset_envs_and_episodes": "the stock reset entry `_sample` calls (new episode list, shared data)",
+    "_needs_initial_reset": "set by `make_env` (a reused trial's new games): the next sample resets",
+    "_seed": "the runner's seed; the first reset of game i gets seed + i, as in the stock vector env",
+    "_new_episode": "a new `MultiAgentEpisode` with the runner's spaces and mapping, and `on_episode_created`",
+    "_make_on_episode_callback": "the `on_episode_*` callbacks with the stock arguments",
+    "_prune_zero_len_sa_episodes": "drops lives without steps before an episode (chunk) is returned",
+    "_ongoing_episodes": "the episode per game, continued across `sample()` calls",
+    "_done_episodes_for_metrics": "finished episodes `get_metrics` turns into episode metrics",
+    "_ongoing_episodes_for_metrics": "earlier chunks of ongoing episodes, for their episode metrics",
+    "_weights_seq_no": "the weights' version, recorded per step as the stock runner does",
+    "_device": "where the RLModule lives",
+    "_log_env_steps": "the Prometheus env-step counter",
+    "_metrics_num_env_steps_sampled": "the counter `_log_env_steps` increments",
+}
+"""`MultiAgentEnvRunner` internals `fast_env_runner.FastEnvRunner` (a subclass) overrides or reads, and why.
+
+RLlib offers custom env runners (`env_runners(env_runner_cls=...)`) but no public hook
+for the sampling loop alone; rewriting the runner whole would copy its episodes,
+metrics, state and checkpoint code."""
+
+
+def add_env_step_unchecked(episode: MultiAgentEpisode, **step: Any) -> None:
+    """`MultiAgentEpisode.add_env_step` without the `validate()` it runs at its end.
+
+    `validate` walks every life of the episode on every step, which was a quarter of
+    the fast env runner's sampling time; the runner validates each chunk once when it
+    returns it instead. RLlib has no switch for it, and the episode has `__slots__`,
+    so the step runs with the episode's class swapped for one whose `validate` is empty.
+    """
+    episode.__class__ = _UncheckedEpisode
+    try:
+        episode.add_env_step(**step)
+    finally:
+        episode.__class__ = MultiAgentEpisode
+
+
+class _UncheckedEpisode(MultiAgentEpisode):
+    __slots__ = ()
+
+    def validate(self) -> None:
+        pass

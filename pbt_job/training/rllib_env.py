@@ -6,6 +6,11 @@ newborn. The adapter therefore names each life: the first life of a slot keeps
 the slot's id (`type_1_prey_3`), later lives in the same episode get a suffix
 (`type_1_prey_3.1`, `type_1_prey_3.2`, ...). The policy is still the id without
 its index, so the mapping is unchanged.
+
+The game moves agents in the order of its action dict. RLlib's stock env runner
+builds that dict from sets of agent ids, whose order follows Python's per-process
+string hashing, so the same seeds would play different games in different
+processes; the adapter hands the game its actions in slot order.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class RLlibPredPreyGrass(MultiAgentEnv):
         self.observation_spaces = {a: self.game.observation_space(a) for a in self.possible_agents}
         self.action_spaces = {a: self.game.action_space(a) for a in self.possible_agents}
         self.agents: list[str] = []
+        self._slot_index = {slot: index for index, slot in enumerate(self.possible_agents)}
         self._life_of: dict[str, str] = {}
         self._lives: dict[str, int] = {}
 
@@ -67,7 +73,7 @@ class RLlibPredPreyGrass(MultiAgentEnv):
             if self._life_of.get(slot) != agent_id:
                 raise KeyError(f"agent {agent_id!r} is not alive in this episode")
             actions[slot] = action
-        results = self.game.step(actions)
+        results = self.game.step(dict(sorted(actions.items(), key=lambda item: self._slot_index[item[0]])))
         self._admit_newborns()
         obs, rewards, terminateds, truncateds, infos = (self._rename(d) for d in results)
         done = {slot for slot, flag in results[2].items() if flag} | {slot for slot, flag in results[3].items() if flag}
