@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench tools clean
+.PHONY: install run test bench bench-learning tools clean
 
 install: $(STAMP)
 
@@ -29,7 +29,10 @@ test: install tools
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	@for script in bench/*.py; do echo "# $$script"; $(PY) $$script; done
+	@for script in bench/env_speed.py bench/sampling.py bench/pbt_overhead.py; do echo "# $$script"; $(PY) $$script; done
+
+bench-learning: install
+	$(PY) bench/learning.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .hypothesis
