@@ -40,8 +40,8 @@ from pbt_overhead import NEVER, REPO, machine
 DEFAULT_CONFIG = REPO / "configs" / "quick.yaml"
 DEFAULT_BUDGET = 61_440
 """Env steps per trial: 120 quick.yaml iterations; both runs and their evaluation take ~30 min on a quiet 2-core machine
-(~235 env steps/s for the population; PBT samples ~12% more than the budget: a recipient re-trains from its donor's
-iteration)."""
+(~235 env steps/s for the population; PBT samples ~12% more than the budget: a recipient goes on from its donor's
+iteration, which can be behind its own)."""
 SMOKE_BUDGET = 2_048
 SHOWN_COUNTS = ("catches", "reproductions", "caught", "starved")
 
