@@ -137,7 +137,7 @@ def evaluate(
         "sets": {},
     }
     recorder = Replay(env_config) if replay else None
-    with tempfile.TemporaryDirectory(prefix="pbt-job-evaluate-") as local:
+    with tempfile.TemporaryDirectory(prefix="pbt-job-evaluate-") as local, _one_torch_thread():
         for name, source in (("trained", trained), ("initial", initial)):
             if source is None:
                 numbers["sets"][name] = {"available": False, "source": initial_note}
@@ -241,6 +241,19 @@ def _load_modules(fs: pyarrow.fs.FileSystem, path: str, policies: tuple[str, ...
         module.eval()
         modules[policy] = module
     return modules
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Torch at one intra-op thread while the block runs: each forward pass here is a few observations, too
+    small to split, and on a loaded 2-core machine the threads only wait on each other (5 episodes of
+    `configs/quick.yaml`: 41 s with torch's default 2 threads, 2 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
