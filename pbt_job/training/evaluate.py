@@ -54,6 +54,7 @@ from pbt_job.report.ancestry import ancestry
 from pbt_job.report.run_data import RunData, load_run
 from pbt_job.run_folder import BEST_DIR, JOB_CONFIG_FILE, MalformedRunFile, RunFiles
 from pbt_job.storage import check_writable, filesystem, parse_storage_uri, write_files
+from pbt_job.training.model import torch_threads
 from pbt_job.training.run import MODULES_IN_CHECKPOINT
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def evaluate(
         "sets": {},
     }
     recorder = Replay(env_config) if replay else None
-    with tempfile.TemporaryDirectory(prefix="pbt-job-evaluate-") as local, _one_torch_thread():
+    with tempfile.TemporaryDirectory(prefix="pbt-job-evaluate-") as local, torch_threads(1):
         for name, source in (("trained", trained), ("initial", initial)):
             if source is None:
                 numbers["sets"][name] = {"available": False, "source": initial_note}
@@ -241,19 +242,6 @@ def _load_modules(fs: pyarrow.fs.FileSystem, path: str, policies: tuple[str, ...
         module.eval()
         modules[policy] = module
     return modules
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Torch at one intra-op thread while the block runs: each forward pass here is a few observations, too
-    small to split, and on a loaded 2-core machine the threads only wait on each other (5 episodes of
-    `configs/quick.yaml`: 41 s with torch's default 2 threads, 2 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

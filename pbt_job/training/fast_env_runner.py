@@ -24,8 +24,7 @@ reset of game `i` gets the runner's seed + `i`, later resets continue its genera
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,23 +43,12 @@ from ray.rllib.utils.metrics import (
     WEIGHTS_SEQ_NO,
 )
 
+from pbt_job.training.model import torch_threads
 from pbt_job.training.ray_compat import add_env_step_unchecked
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 
 ENV_RUNNERS = ("fast", "stock")
 """Values of `resources.env_runner`: this module's runner, or RLlib's `MultiAgentEnvRunner`."""
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op torch threads: small batched forwards lose to thread hand-offs,
-    and a runner inside the trial's process must give the learner its threads back."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def draw_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
