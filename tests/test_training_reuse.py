@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
+import pyarrow.fs
 import pytest
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.tune import Checkpoint
 from ray.tune.search.sample import Domain
 
 from conftest import REPO, donor_modules
 from pbt_job.result_keys import tune_key
 from pbt_job.run_folder import parse_lineage
-from pbt_job.storage import parse_storage_uri
+from pbt_job.storage import filesystem, parse_storage_uri, retries_so_far
 from pbt_job.training.algorithm import ENDED_AT_KEY, IN_PLACE_KEYS, PBTPPO, RESTORED_KEY, SEED_KEY, weights_digest
 from pbt_job.training.config import ConfigError, load_config
 from pbt_job.training.ray_compat import learner_connector
@@ -182,3 +185,23 @@ def test_exploits_reuse_the_actors_and_a_new_trial_on_a_reused_actor_starts_fres
         modules = donor_modules(event, exploits, MODULES_IN_CHECKPOINT)
         for policy, applied in first[RESTORED_KEY].items():
             assert applied["weights_sha256"] == weights_digest(RLModule.from_checkpoint(modules / policy)), policy
+
+
+def test_a_restore_rides_out_a_storage_outage(member, bucket, restartable_s3, monkeypatch, tmp_path):
+    """An exploit's recipient downloads its pinned copy right after the decision, when an outage
+    may just have begun: a failed restore fails the trial, and Tune then writes the error to the
+    unreachable storage and stops the run. With the endpoint down for 3 s the restore is retried
+    and loads the checkpoint."""
+    algo, _ = member
+    monkeypatch.setenv("AWS_ENDPOINT_URL", restartable_s3.url)
+    monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "60")
+    fs = filesystem(parse_storage_uri(f"s3://{bucket}/restore"))
+    algo.save_to_path(str(tmp_path / "saved"))
+    pyarrow.fs.copy_files(str(tmp_path / "saved"), f"{bucket}/restore/checkpoint", destination_filesystem=fs)
+    digest = weights_digest(algo.get_module(next(iter(algo.config.policies))))
+    retries = retries_so_far()
+    restartable_s3.stop()
+    threading.Timer(3.0, restartable_s3.start).start()
+    algo.restore(Checkpoint(f"{bucket}/restore/checkpoint", filesystem=fs))
+    assert retries_so_far() > retries, "the restore met the outage"
+    assert weights_digest(algo.get_module(next(iter(algo.config.policies)))) == digest

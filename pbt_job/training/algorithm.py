@@ -268,6 +268,12 @@ class PBTPPO(PPO):
         self._checkpoints_saved.append([time.perf_counter() - started, self._last_checkpoint_bytes])
         return saved
 
+    def restore(self, checkpoint_path: Any) -> None:
+        """Download and load a checkpoint; during a storage outage the download is retried (see
+        `retry_storage`): an exploit's recipient restores from its pin right after the decision, and
+        a failed restore fails the trial, which Tune answers by writing to the unreachable storage."""
+        retry_storage(lambda: super(PBTPPO, self).restore(checkpoint_path), "restoring a checkpoint")
+
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         super().load_checkpoint(checkpoint_dir)
         self._starts_without_checkpoint = False
