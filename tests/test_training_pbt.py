@@ -116,7 +116,10 @@ def test_local_run_exploits_clone_the_donor_weights(ray_start_2_cpus, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["exploits"] == len(exploits)
     assert summary["best_trial"] in {e["recipient"] for e in exploits} | {e["donor"] for e in exploits}
-    assert summary["env_steps_total"] >= 2 * 10 * 128
+    # What the trials sampled, not 2 x 10 iterations: a recipient continues from its donor's
+    # iteration, which may be ahead of its own (it then samples fewer iterations itself).
+    sampled = sum(r["env_runners"]["num_env_steps_sampled"] for lines in results.values() for r in lines)
+    assert summary["env_steps_total"] == sampled >= 10 * 128
     assert set(summary["best_hyperparameters"]) == {"lr", "clip_param", "entropy_coeff"}
     assert sorted(p.name for p in (run / "best").iterdir() if p.is_dir()) == sorted(job.env.policies)
 
