@@ -8,9 +8,10 @@ values per agent and step. On this game that bookkeeping cost ~25x the game itse
 `FastEnvRunner` keeps the stock runner's games (`num_envs_per_env_runner` of them),
 episodes, callbacks, metrics, state and checkpoints, and replaces only the sampling
 loop: at each step it stacks the living agents' observations of all its games per
-policy, runs each RLModule once (`forward_exploration`, or `forward_inference` when
-not exploring, under `torch.inference_mode` with one torch thread), draws the
-actions from the Categorical over the logits, and records what PPO's learner reads
+policy, runs each RLModule's `action_logits` once (what `forward_exploration` and
+`forward_inference` compute, under `torch.inference_mode` with one torch thread), draws
+the actions from the Categorical over the logits (argmax when not exploring), and
+records what PPO's learner reads
 (`action_dist_inputs`, and `action_logp` when exploring). Sample counts are logged
 once per `sample()` call instead of per agent step. The episodes it returns are
 RLlib's own `MultiAgentEpisode`s, one single-agent episode per life, so RLlib's
@@ -46,10 +47,6 @@ from ray.rllib.utils.metrics import (
 from pbt_job.training.model import torch_threads
 from pbt_job.training.ray_compat import add_env_step_unchecked
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
-
-ENV_RUNNERS = ("fast", "stock")
-"""Values of `resources.env_runner`: this module's runner, or RLlib's `MultiAgentEnvRunner`."""
-
 
 def draw_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One action per row from the Categorical over `logits`, and its log-probability.
