@@ -176,6 +176,33 @@ def test_failures_while_pending_recovered():
     assert TuneController._process_trial_failure is original
 
 
+def test_restores_and_snapshots_announced():
+    """The controller restores a started trial through `_schedule_trial_restore` and saves every
+    snapshot through `save_to_dir`; inside the block the scheduler hears of each first."""
+    assert parameters(TuneController._schedule_trial_restore) == ["self", "trial"]
+    assert "self._schedule_trial_restore(trial)" in inspect.getsource(TuneController._actor_started)
+    assert "save_fn=self.save_to_dir" in inspect.getsource(TuneController.checkpoint)
+    heard = []
+
+    class Scheduler:
+        def before_restore(self, trial):
+            heard.append(("restore", trial))
+
+        def before_snapshot(self):
+            heard.append(("snapshot",))
+            raise RuntimeError("heard before the save")
+
+    controller = TuneController.__new__(TuneController)
+    controller._scheduler_alg = Scheduler()
+    trial = type("Trial", (), {"latest_checkpoint_result": None})()
+    with ray_compat.restores_and_snapshots_announced():
+        assert controller._schedule_trial_restore(trial) is False  # no checkpoint: nothing to restore
+        with pytest.raises(RuntimeError, match="heard before the save"):
+            controller.save_to_dir()
+    assert heard == [("restore", trial), ("snapshot",)]
+    assert "announce" not in inspect.getsource(TuneController._schedule_trial_restore)
+
+
 def test_forced_snapshot_waits_for_the_upload_in_flight():
     """`delete_after_snapshot` deletes what the previous snapshot no longer names once a forced
     `TuneController.checkpoint` returns: it waits for the upload in flight before saving."""

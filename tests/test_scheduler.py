@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 import time
 from functools import partial
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ from ray.tune.schedulers.pbt import _PBTTrialState
 
 from conftest import REPO
 from pbt_job.run_folder import LINEAGE_FILE, SKIPS_FILE, RunFiles
+from pbt_job.storage import StorageOutage, filesystem, parse_storage_uri
 from pbt_job.training.config import PBTConfig, load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
 from pbt_job.training.run import build_scheduler
@@ -131,6 +134,75 @@ def test_exploit_from_a_donor_whose_checkpoint_vanished_is_skipped_not_fatal(sch
     assert [(e["event"], e["recipient"]) for e in events] == [("skip", "recipient")]
     assert "no checkpoint left" in events[0]["reason"]
     assert recipient.config == {}, "the recipient keeps its config"
+
+
+CHECKPOINT_FILES = {"a": "1", "b/c": "2", "rllib_checkpoint.json": "{}"}
+
+
+def stored_donor_and_recipient(scheduler, fs: pyarrow.fs.FileSystem, root: str) -> tuple[StubTrial, StubTrial]:
+    """A donor whose checkpoint under `root` holds three files and a recipient storing under `root`,
+    paused (as synchronous PBT leaves it), so an exploit's clone (Tune's config change, pause) can be left out."""
+    for name, text in CHECKPOINT_FILES.items():
+        path = f"{root}/donor/checkpoint_000004/{name}"
+        fs.create_dir(path.rsplit("/", 1)[0])
+        with fs.open_output_stream(path) as out:
+            out.write(text.encode())
+    donor, recipient = stub_trial("donor"), stub_trial("recipient", latest=Checkpoint(f"{root}/recipient/own", filesystem=fs))
+    recipient.status = "PAUSED"
+    recipient.storage = SimpleNamespace(trial_fs_path=f"{root}/recipient", storage_filesystem=fs)
+    recipient.run_metadata.invalidate_cache = lambda: None
+    add(scheduler, donor, 10.0, 4, checkpoint=Checkpoint(f"{root}/donor/checkpoint_000004", filesystem=fs))
+    add(scheduler, recipient, 1.0, 4)
+    return donor, recipient
+
+
+def pinned_files(recipient: StubTrial) -> dict[str, str]:
+    """The files of the checkpoint the recipient will restore from."""
+    fs, pin = recipient.storage.storage_filesystem, recipient.run_metadata.checkpoint_manager._latest_checkpoint_result.checkpoint.path
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(pin, recursive=True))
+    return {i.path[len(pin) + 1:]: fs.open_input_stream(i.path).read().decode() for i in infos if i.type == pyarrow.fs.FileType.File}
+
+
+def test_the_pin_is_copied_while_the_recipient_resets_and_complete_before_its_restore(scheduler, tmp_path):
+    """The exploit returns before the copy ends (the controller then resets the recipient's actor);
+    the controller's restore of the recipient, and any experiment snapshot, first wait for it."""
+    donor, recipient = stored_donor_and_recipient(scheduler, pyarrow.fs.LocalFileSystem(), str(tmp_path))
+    scheduler.exploit(None, recipient, donor, lambda: None)
+    pin = recipient.run_metadata.checkpoint_manager._latest_checkpoint_result.checkpoint.path
+    assert "/pinned/" in pin and json.loads((tmp_path / LINEAGE_FILE).read_text())["pinned_checkpoint"] == pin
+    scheduler.before_restore(recipient)
+    assert pinned_files(recipient) == CHECKPOINT_FILES
+    scheduler.before_snapshot()  # nothing left to wait for
+
+
+def exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3) -> None:
+    """An exploit whose pin copy starts once the storage is down: copies run one at a time in
+    exploit order, and the previous exploit's copy holds the copier until the outage begins."""
+    previous_copy = threading.Event()
+    scheduler._pin_copier().submit(previous_copy.wait)
+    scheduler.exploit(None, recipient, donor, lambda: None)
+    restartable_s3.stop()
+    previous_copy.set()
+
+
+def test_a_pin_copy_failed_by_an_outage_is_made_again_before_the_restore(scheduler, bucket, restartable_s3, monkeypatch, caplog):
+    """The copy fails in the background while the storage is down; the restore (or the next
+    snapshot) makes it again, riding out the outage like every other write, and a storage that
+    stays down past the retry limit stops the run (`StorageOutage`)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", restartable_s3.url)
+    monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "30")
+    donor, recipient = stored_donor_and_recipient(scheduler, filesystem(parse_storage_uri(f"s3://{bucket}")), f"{bucket}/run")
+    exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
+    threading.Timer(3.0, restartable_s3.start).start()
+    with caplog.at_level(logging.WARNING, logger="pbt_job.training.scheduler"):
+        scheduler.before_restore(recipient)
+    assert "copying it again" in caplog.text, "the copy met the outage"
+    assert pinned_files(recipient) == CHECKPOINT_FILES
+    monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "2")
+    exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
+    with pytest.raises(StorageOutage):
+        scheduler.before_snapshot()
+    restartable_s3.start()
 
 
 def test_a_trial_is_not_paused_for_a_recipient_that_only_waits_for_its_restart(scheduler):

@@ -109,7 +109,9 @@ class PBTHooks:
       clone (before `_checkpoint_or_exploit` picks one at random);
     * `after_perturbation_point(trial)`: after every `_checkpoint_or_exploit`;
     * `exploit(tune_controller, trial, donor, clone)`: instead of `_exploit`; `clone()`
-      runs Tune's own exploit (pause, new config, restore from the donor).
+      runs Tune's own exploit (pause, new config, restore from the donor);
+    * `before_restore(trial)` and `before_snapshot()`: while `restores_and_snapshots_announced`
+      runs, as the controller schedules a trial's restore and saves the experiment state.
     """
 
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile) -> None:
@@ -129,6 +131,12 @@ class PBTHooks:
 
     def exploit(self, tune_controller, trial, donor, clone: Callable[[], None]) -> None:
         clone()
+
+    def before_restore(self, trial) -> None:
+        pass
+
+    def before_snapshot(self) -> None:
+        pass
 
 
 def pbt_trial_state(scheduler: Any, trial: Any) -> Any:
@@ -276,6 +284,38 @@ def failures_while_pending_recovered() -> Iterator[None]:
         yield
     finally:
         TuneController._process_trial_failure = original
+
+
+@contextlib.contextmanager
+def restores_and_snapshots_announced() -> Iterator[None]:
+    """While the block runs, the controller calls its scheduler's `before_restore(trial)` (see
+    `PBTHooks`) as it schedules a trial's restore (`TuneController._schedule_trial_restore`), and
+    `before_snapshot()` as it saves the experiment state (`TuneController.save_to_dir`).
+
+    Tune gives schedulers no hook at either point. pbt-job copies an exploit's donor checkpoint
+    while the recipient's actor resets (the copy was a third of an exploit's cost on S3), and the
+    copy must be complete before the recipient restores from it and before a snapshot, which is
+    what a resume reads, names it.
+    """
+    restore, save = TuneController._schedule_trial_restore, TuneController.save_to_dir
+
+    def schedule_trial_restore(controller: Any, trial: Any) -> bool:
+        announce = getattr(controller._scheduler_alg, "before_restore", None)
+        if announce is not None:
+            announce(trial)
+        return restore(controller, trial)
+
+    def save_to_dir(controller: Any) -> Any:
+        announce = getattr(controller._scheduler_alg, "before_snapshot", None)
+        if announce is not None:
+            announce()
+        return save(controller)
+
+    TuneController._schedule_trial_restore, TuneController.save_to_dir = schedule_trial_restore, save_to_dir
+    try:
+        yield
+    finally:
+        TuneController._schedule_trial_restore, TuneController.save_to_dir = restore, save
 
 
 class _KeepLocalLog:

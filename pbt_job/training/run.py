@@ -36,6 +36,7 @@ from pbt_job.training.ray_compat import (
     checkpoint_deletions_deferred,
     cluster_may_grow,
     failures_while_pending_recovered,
+    restores_and_snapshots_announced,
 )
 from pbt_job.training.rayjob_events import RayJobEventLog
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
@@ -224,7 +225,12 @@ def train(
             ),
         )
     try:
-        with checkpoint_deletions_deferred(), failures_while_pending_recovered(), interruption.passed_to_tune():
+        with (
+            checkpoint_deletions_deferred(),
+            failures_while_pending_recovered(),
+            restores_and_snapshots_announced(),
+            interruption.passed_to_tune(),
+        ):
             results = tuner.fit()
     except Exception as err:
         outage = _storage_outage_behind(err)

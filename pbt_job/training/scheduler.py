@@ -29,7 +29,8 @@ waited, PBT paused every other trial reaching its perturbation point (Tune's PBT
 time-shares the cluster with waiting trials). Here the recipient is staged so
 that it restarts on its own actor (`PBTPPO.reset_config` takes the explored
 values in place), and a trial is not paused for a recipient that waits only for
-that restart.
+that restart. The pin is copied while the actor resets; the recipient's restore
+and the next experiment snapshot wait for the copy.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import logging
 import random
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow.fs
@@ -51,6 +53,7 @@ from ray.tune.schedulers.pb2 import PB2
 
 from pbt_job.result_keys import yaml_name
 from pbt_job.run_folder import RunFiles
+from pbt_job.storage import retry_storage
 from pbt_job.training.ray_compat import (
     PBTHooks,
     checkpoint_exists,
@@ -90,6 +93,8 @@ class _Lineage(PBTHooks):
         self.run_files = run_files
         self._pinned: dict[str, bool] = {}
         self._restarting: set[str] = set()
+        self._pin_copies: dict[str, tuple[concurrent.futures.Future, Callable[[], None]]] = {}
+        self._copier: concurrent.futures.ThreadPoolExecutor | None = None
         self._random_states = random.Random(seed).getstate(), np.random.RandomState(seed).get_state()
 
     @contextlib.contextmanager
@@ -173,17 +178,15 @@ class _Lineage(PBTHooks):
         if not checkpoint_exists(donor_state.last_checkpoint) and not self._has_usable_checkpoint(trial_to_clone):
             self._record_skip(trial, f"donor {trial_to_clone.trial_id} has no checkpoint left on storage")
             return
+        self._settle_pin_copy(trial_to_clone.trial_id)  # a donor restored from a pin may donate it
         donor_checkpoint = donor_state.last_checkpoint
         decided_at = time.time()
         # Unique per exploit: a recipient restored to an older iteration can exploit the same
         # donor at the same iteration again, while another trial may still restore from (or a
         # lineage line name) the first pin: a pin is never overwritten.
         pin_path = f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}_at_{decided_at * 1e6:.0f}"
-        try:
-            self._copy_to_pin(donor_checkpoint, trial, pin_path)
-        except OSError as err:
-            self._record_skip(trial, f"copying donor {trial_to_clone.trial_id}'s checkpoint failed: {err}")
-            return
+        copy_pin = functools.partial(self._copy_to_pin, donor_checkpoint, trial, pin_path)
+        self._pin_copies[trial.trial_id] = (self._pin_copier().submit(copy_pin), copy_pin)
         before = copy.deepcopy(trial.config)
         if trial.status != Trial.PAUSED:  # synchronous PBT pauses (and re-stages) its trials itself
             stage_for_restart(tune_controller, trial)
@@ -209,9 +212,35 @@ class _Lineage(PBTHooks):
         )
         self._remember(trial)
 
+    def before_restore(self, trial: Trial) -> None:
+        self._settle_pin_copy(trial.trial_id)
+
+    def before_snapshot(self) -> None:
+        for trial_id in list(self._pin_copies):
+            self._settle_pin_copy(trial_id)
+
+    def _pin_copier(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One thread: copies run in exploit order (made on first use: Tune pickles the scheduler before)."""
+        if self._copier is None:
+            self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pbt-job-pin-copy")
+        return self._copier
+
+    def _settle_pin_copy(self, trial_id: str) -> None:
+        """Wait for the trial's pin copy, if one runs; a failed copy is made again, riding out a
+        storage outage (`retry_storage`), or fails the run: the exploit has happened and the
+        recipient restores from the pin."""
+        future, copy_pin = self._pin_copies.pop(trial_id, (None, None))
+        if future is None:
+            return
+        try:
+            future.result()
+        except OSError as err:
+            logger.warning("[exploit] copying the pin of %s failed (%s); copying it again", trial_id, err)
+            retry_storage(copy_pin, f"copying the donor checkpoint of {trial_id}'s exploit")
+
     @staticmethod
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
-        """Copy the donor's checkpoint into the recipient's folder (before the exploit changes anything).
+        """Copy the donor's checkpoint into the recipient's folder.
 
         File by file within the storage, several at once: on S3 each is a server-side copy, so no
         byte passes through the driver (streaming a 5.5 MB checkpoint down and up again cost the
