@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
@@ -177,6 +178,7 @@ class RunFiles:
         self.writer = writer
         self._fs: pyarrow.fs.FileSystem | None = None
         self._events: dict[str, list[dict[str, Any]]] = {}
+        self._events_lock = threading.RLock()  # the scheduler records exploits off the controller's thread
         self._ledgers: dict[str, TrialLedger] | None = None
         self._stored_wall_time: float | None = None
         self._session_start = time.time()
@@ -209,13 +211,14 @@ class RunFiles:
         return self._read_events(SKIPS_FILE)
 
     def _read_events(self, name: str) -> list[dict[str, Any]]:
-        if name in self._events:
-            return self._events[name]
-        text = read_text(self.fs, self.path(name))
-        events = parse_lineage(text, name) if text else []
-        if self.writer:
-            self._events[name] = events
-        return events
+        with self._events_lock:
+            if name in self._events:
+                return self._events[name]
+            text = read_text(self.fs, self.path(name))
+            events = parse_lineage(text, name) if text else []
+            if self.writer:
+                self._events[name] = events
+            return events
 
     def record(self, event: dict[str, Any]) -> None:
         """Add one exploit (or, for `event: skip`, one skipped exploit).
@@ -232,10 +235,11 @@ class RunFiles:
         def replayed(e: dict[str, Any]) -> bool:
             return (e["recipient"], e["iteration"]) == key and float(e.get("time", 0)) < self._session_start
 
-        events = [e for e in self._read_events(name) if not replayed(e)]
-        events.append(event)
-        self._events[name] = events
-        write_text(self.fs, self.path(name), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+        with self._events_lock:
+            events = [e for e in self._read_events(name) if not replayed(e)]
+            events.append(event)
+            self._events[name] = events
+            write_text(self.fs, self.path(name), "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
 
     def ledgers(self) -> dict[str, TrialLedger]:
         """Per-trial ledgers from `pbt_state.jsonl` (a writer loads them on first use, then keeps its own)."""

@@ -22,6 +22,7 @@ from pbt_job.run_folder import LINEAGE_FILE, SKIPS_FILE, RunFiles
 from pbt_job.storage import StorageOutage, filesystem, parse_storage_uri
 from pbt_job.training.config import PBTConfig, load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
+from pbt_job.training.ray_compat import checkpoint_deletions_deferred
 from pbt_job.training.run import build_scheduler
 from pbt_job.training.scheduler import LineagePB2, LineagePBT
 
@@ -164,14 +165,16 @@ def pinned_files(recipient: StubTrial) -> dict[str, str]:
 
 
 def test_the_pin_is_copied_while_the_recipient_resets_and_complete_before_its_restore(scheduler, tmp_path):
-    """The exploit returns before the copy ends (the controller then resets the recipient's actor);
-    the controller's restore of the recipient, and any experiment snapshot, first wait for it."""
+    """The exploit returns before the copy and its lineage line are written (the controller then
+    resets the recipient's actor); the controller's restore of the recipient, and any experiment
+    snapshot, first wait for them."""
     donor, recipient = stored_donor_and_recipient(scheduler, pyarrow.fs.LocalFileSystem(), str(tmp_path))
     scheduler.exploit(None, recipient, donor, lambda: None)
     pin = recipient.run_metadata.checkpoint_manager._latest_checkpoint_result.checkpoint.path
-    assert "/pinned/" in pin and json.loads((tmp_path / LINEAGE_FILE).read_text())["pinned_checkpoint"] == pin
+    assert "/pinned/" in pin
     scheduler.before_restore(recipient)
     assert pinned_files(recipient) == CHECKPOINT_FILES
+    assert json.loads((tmp_path / LINEAGE_FILE).read_text())["pinned_checkpoint"] == pin
     scheduler.before_snapshot()  # nothing left to wait for
 
 
@@ -192,17 +195,18 @@ def test_a_pin_copy_failed_by_an_outage_is_made_again_before_the_restore(schedul
     monkeypatch.setenv("AWS_ENDPOINT_URL", restartable_s3.url)
     monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "30")
     donor, recipient = stored_donor_and_recipient(scheduler, filesystem(parse_storage_uri(f"s3://{bucket}")), f"{bucket}/run")
-    exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
-    threading.Timer(3.0, restartable_s3.start).start()
-    with caplog.at_level(logging.WARNING, logger="pbt_job.training.scheduler"):
-        scheduler.before_restore(recipient)
-    assert "copying it again" in caplog.text, "the copy met the outage"
-    assert pinned_files(recipient) == CHECKPOINT_FILES
-    monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "2")
-    exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
-    with pytest.raises(StorageOutage):
-        scheduler.before_snapshot()
-    restartable_s3.start()
+    with checkpoint_deletions_deferred():  # as in a run: a pin's exploit queues older pins for deletion
+        exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
+        threading.Timer(3.0, restartable_s3.start).start()
+        with caplog.at_level(logging.WARNING, logger="pbt_job.training.scheduler"):
+            scheduler.before_restore(recipient)
+        assert "copying it again" in caplog.text, "the copy met the outage"
+        assert pinned_files(recipient) == CHECKPOINT_FILES
+        monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "2")
+        exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
+        with pytest.raises(StorageOutage):
+            scheduler.before_snapshot()
+        restartable_s3.start()
 
 
 def test_a_trial_is_not_paused_for_a_recipient_that_only_waits_for_its_restart(scheduler):

@@ -94,6 +94,7 @@ class _Lineage(PBTHooks):
         self._pinned: dict[str, bool] = {}
         self._restarting: set[str] = set()
         self._pin_copies: dict[str, tuple[concurrent.futures.Future, Callable[[], None]]] = {}
+        """Per recipient: its pin copy and lineage line being written, and the call that writes them."""
         self._copier: concurrent.futures.ThreadPoolExecutor | None = None
         self._random_states = random.Random(seed).getstate(), np.random.RandomState(seed).get_state()
 
@@ -185,16 +186,17 @@ class _Lineage(PBTHooks):
         # donor at the same iteration again, while another trial may still restore from (or a
         # lineage line name) the first pin: a pin is never overwritten.
         pin_path = f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}_at_{decided_at * 1e6:.0f}"
-        copy_pin = functools.partial(self._copy_to_pin, donor_checkpoint, trial, pin_path)
-        self._pin_copies[trial.trial_id] = (self._pin_copier().submit(copy_pin), copy_pin)
         before = copy.deepcopy(trial.config)
         if trial.status != Trial.PAUSED:  # synchronous PBT pauses (and re-stages) its trials itself
             stage_for_restart(tune_controller, trial)
         clone()
         self._restarting.add(trial.trial_id)
-        self._restore_from_pin(trial, pin_path)
         mutated = pbt_mutated_keys(self)
-        self.run_files.record(
+        pin_and_record = functools.partial(
+            self._pin_and_record,
+            donor_checkpoint,
+            trial,
+            pin_path,
             {
                 "event": "exploit",
                 "time": decided_at,
@@ -208,8 +210,10 @@ class _Lineage(PBTHooks):
                 "donor_metric": pbt_score_sign(self) * donor_state.last_score,
                 "config_before": {yaml_name(k): before.get(k) for k in mutated},
                 "config_after": {yaml_name(k): trial.config.get(k) for k in mutated},
-            }
+            },
         )
+        self._pin_copies[trial.trial_id] = (self._pin_copier().submit(pin_and_record), pin_and_record)
+        self._restore_from_pin(trial, pin_path)
         self._remember(trial)
 
     def before_restore(self, trial: Trial) -> None:
@@ -225,18 +229,24 @@ class _Lineage(PBTHooks):
             self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pbt-job-pin-copy")
         return self._copier
 
+    def _pin_and_record(self, donor_checkpoint: Checkpoint, trial: Trial, pin_path: str, event: dict[str, Any]) -> None:
+        """Copy the donor's checkpoint to the pin, then add the exploit to the lineage (both off the
+        controller's thread, one exploit after another: lines stay in decision order)."""
+        self._copy_to_pin(donor_checkpoint, trial, pin_path)
+        self.run_files.record(event)
+
     def _settle_pin_copy(self, trial_id: str) -> None:
-        """Wait for the trial's pin copy, if one runs; a failed copy is made again, riding out a
-        storage outage (`retry_storage`), or fails the run: the exploit has happened and the
-        recipient restores from the pin."""
-        future, copy_pin = self._pin_copies.pop(trial_id, (None, None))
+        """Wait for the trial's pin copy and lineage line, if they are being written; a failed write
+        is made again, riding out a storage outage (`retry_storage`), or fails the run: the exploit
+        has happened and the recipient restores from the pin."""
+        future, pin_and_record = self._pin_copies.pop(trial_id, (None, None))
         if future is None:
             return
         try:
             future.result()
         except OSError as err:
             logger.warning("[exploit] copying the pin of %s failed (%s); copying it again", trial_id, err)
-            retry_storage(copy_pin, f"copying the donor checkpoint of {trial_id}'s exploit")
+            retry_storage(pin_and_record, f"copying the donor checkpoint of {trial_id}'s exploit")
 
     @staticmethod
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
