@@ -44,6 +44,7 @@ writer added since; it cannot write.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
@@ -180,6 +181,10 @@ class RunFiles:
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._events_lock = threading.RLock()  # the scheduler records exploits off the controller's thread
         self._ledgers: dict[str, TrialLedger] | None = None
+        self._ledgers_lock = threading.Lock()
+        self._queued_state: dict[str, Any] | None = None
+        self._ledger_writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ledger_writes: list[concurrent.futures.Future] = []
         self._stored_wall_time: float | None = None
         self._session_start = time.time()
 
@@ -275,8 +280,42 @@ class RunFiles:
         return float(value) if is_finite(value) else None
 
     def save_ledgers(self) -> None:
+        """Write `pbt_state.jsonl` now, after the writes `save_ledgers_soon` queued."""
+        self.flush_ledgers()
+        self.write_json(STATE_FILE, self._state())
+
+    def save_ledgers_soon(self) -> None:
+        """Write `pbt_state.jsonl` off the caller's thread. The driver saves it after every result:
+        on S3 the write held Tune's controller, and so every trial's next step and an exploit's
+        restart, for 0.1-0.3 s. Writes run in order, a newer state replacing one not yet begun;
+        `flush_ledgers` waits for them (before each experiment snapshot: a resume reads both)."""
+        self._check_writer(f"writing {STATE_FILE}")
+        with self._ledgers_lock:
+            begun, self._queued_state = self._queued_state is None, self._state()
+            if begun:
+                if self._ledger_writer is None:
+                    self._ledger_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pbt-job-ledgers")
+                self._ledger_writes.append(self._ledger_writer.submit(self._write_queued_state))
+
+    def flush_ledgers(self) -> None:
+        """Wait for the writes `save_ledgers_soon` queued.
+
+        Raises:
+            Exception: what a write raised (a `StorageOutage` once its retries ran out).
+        """
+        with self._ledgers_lock:
+            writes, self._ledger_writes = self._ledger_writes, []
+        for write in writes:
+            write.result()
+
+    def _write_queued_state(self) -> None:
+        with self._ledgers_lock:
+            state, self._queued_state = self._queued_state, None
+        self.write_json(STATE_FILE, state)
+
+    def _state(self) -> dict[str, Any]:
         trials = {trial_id: asdict(ledger) for trial_id, ledger in self.ledgers().items()}
-        self.write_json(STATE_FILE, {"trials": trials, "wall_time_s": self.wall_time()})
+        return {"trials": trials, "wall_time_s": self.wall_time()}
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """The JSON object stored as `name`; None when there is none, or (with a warning) when it is malformed."""

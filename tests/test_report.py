@@ -168,6 +168,24 @@ def test_a_reader_sees_lines_the_writer_adds_and_cannot_write(tmp_path):
     assert len(writer.lineage()) == 2
 
 
+def test_ledgers_saved_soon_are_written_in_order_and_flushed(tmp_path):
+    """The driver saves the ledgers after every result off Tune's thread: the stored state is the
+    newest once flushed, and a failed write is raised by the flush (before the experiment snapshot)."""
+    writer = RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path))
+    reader = RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path), writer=False)
+    for iteration in range(1, 51):
+        writer.ledger("a").iteration = iteration
+        writer.save_ledgers_soon()
+    writer.flush_ledgers()
+    assert reader.ledgers()["a"].iteration == 50
+    blocked = RunFiles(pyarrow.fs.LocalFileSystem, str(tmp_path / "pbt_state.jsonl" / "run"))  # a file where its folder goes
+    blocked.ledger("a").iteration = 1
+    blocked.save_ledgers_soon()
+    with pytest.raises(OSError):
+        blocked.flush_ledgers()
+    blocked.flush_ledgers()  # a failure is raised once
+
+
 def test_a_path_that_is_not_a_run_exits_2_and_names_the_runs_below_it(tmp_path, capsys):
     (tmp_path / "runs" / "one").mkdir(parents=True)
     (tmp_path / "runs" / "one" / "job_config.json").write_text("{}")

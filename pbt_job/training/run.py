@@ -82,7 +82,7 @@ class RunRecorder(tune.Callback):
         ledger.env_steps_total += int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
         ledger.config = {yaml_name(k): trial.config.get(k) for k in self.mutated}
         ledger.metric = metric_value(result, self.metric)
-        self.run_files.save_ledgers()
+        self.run_files.save_ledgers_soon()
 
 
 class PendingDemandLog(tune.Callback):

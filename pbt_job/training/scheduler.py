@@ -222,6 +222,7 @@ class _Lineage(PBTHooks):
     def before_snapshot(self) -> None:
         for trial_id in list(self._pin_copies):
             self._settle_pin_copy(trial_id)
+        self.run_files.flush_ledgers()
 
     def _pin_copier(self) -> concurrent.futures.ThreadPoolExecutor:
         """One thread: copies run in exploit order (made on first use: Tune pickles the scheduler before)."""
