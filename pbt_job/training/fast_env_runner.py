@@ -104,7 +104,7 @@ class FastEnvRunner(MultiAgentEnvRunner):
         self._ongoing_episodes_for_metrics.clear()
         seed = self._seed if self._needs_initial_reset else None
         games = self._games()
-        self._acting: list[_Acting] = [None] * len(games)
+        self._acting: list[_Acting | None] = [None] * len(games)
         for index, game in enumerate(games):
             self._start_episode(index, game, episodes, seed=None if seed is None else seed + index)
 

@@ -95,7 +95,9 @@ class PrepackedLogits:
     slower in isolation (~12% inside the runner, where caches are colder). This keeps the
     convolutions' weights reordered and their activations in oneDNN's layout up to the dense
     layers; the logits equal `action_logits`'s up to float rounding. A snapshot (copies): build
-    a new one after the weights change (the fast env runner builds one per `sample()`).
+    a new one after the weights change (the fast env runner builds one per `sample()`, ~5 ms).
+    The reorder is torch's private `torch._C._nn.mkldnn_reorder_conv2d_weight`, the call
+    `torch.utils.mkldnn` makes; `tests/test_training_units.py` holds the logits to the module's.
     """
 
     def __init__(self, module: GridPPOModule):
