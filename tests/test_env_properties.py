@@ -185,3 +185,35 @@ def test_reset_places_every_agent_and_patch_on_its_own_cell(seed):
                 config.slots.get(kind) - n
             )
         assert np.all(state.grass_energy == config.initial_energy_grass)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(config_name=st.sampled_from(sorted(CONFIGS)), seed=st.integers(0, 2**32 - 1),
+       numbers=st.lists(st.integers(0, 24), min_size=1, max_size=50))
+def test_step_slots_reports_what_step_reports(config_name, seed, numbers):
+    """The same seed and moves through `step` (a dict in slot order) and `step_slots` (arrays), to the
+    episode's end (truncation included): every step reports the same agents, windows, rewards and flags."""
+    config = CONFIGS[config_name]
+    by_dict, by_slots = PredPreyGrassEnv(config), PredPreyGrassEnv(config)
+    by_dict.reset(seed=seed)
+    by_slots.reset(seed=seed)
+    ids = by_dict.possible_agents
+    for t in range(config.max_steps + 1):
+        slots = by_slots.state.alive_slots()
+        moves = np.array([numbers[(t + i) % len(numbers)] % by_dict.action_space(ids[s]).n for i, s in enumerate(slots)])
+        obs, rewards, terminated, truncated, _ = by_dict.step({ids[s]: int(m) for s, m in zip(slots, moves)})
+        played = by_slots.step_slots(slots, moves)
+        reported = [ids[s] for s in played.slots]
+        quirk_truncation = config.quirk_truncate_after_last_step and t == config.max_steps  # `step` adds the empty slots
+        assert set(reported) == set(obs) or (quirk_truncation and set(reported) == {ids[s] for s in slots} < set(obs))
+        assert by_slots.agents == by_dict.agents
+        roles = by_slots.layout.role[played.slots]
+        for role, windows in played.windows.items():
+            for agent, window in zip(np.array(reported)[roles == role], windows):
+                np.testing.assert_array_equal(window, obs[agent], err_msg=agent)
+        assert played.rewards.tolist() == [rewards[a] for a in reported]
+        assert played.terminated.tolist() == [terminated[a] for a in reported]
+        assert played.truncated.tolist() == [truncated[a] for a in reported]
+        if not by_dict.agents:
+            break
+    assert not by_slots.agents

@@ -156,6 +156,67 @@ def test_add_env_step_unchecked():
     episode.validate()
 
 
+def test_add_plain_env_step():
+    """Steps of every kind `add_plain_env_step` takes (agents acting, one entering mid-episode, one
+    dying), before and after a cut: the episode's state is field by field what `add_env_step` leaves."""
+    import numpy as np
+    from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
+
+    def obs(value: float) -> np.ndarray:
+        return np.full((2, 2), value, np.float32)
+
+    def extra(value: float) -> dict:
+        return {"action_dist_inputs": np.full(3, value, np.float32), "action_logp": np.float32(-value)}
+
+    steps = [  # per agent: observation, action, reward, terminated; `c` enters in the first step, `a` and `c` die in the second
+        {"a": (obs(1), np.int64(0), 0.5, False), "b": (obs(2), np.int64(1), 0.0, False), "c": (obs(3), None, 0.25, False)},
+        {"a": (obs(4), np.int64(2), -1.0, True), "b": (obs(5), np.int64(0), 1.0, False), "c": (obs(6), np.int64(1), 0.0, True)},
+        {"b": (obs(7), np.int64(1), 0.0, False), "d": (obs(8), None, 2.0, False)},
+    ]
+
+    def play(episode: MultiAgentEpisode, plain: bool, step: dict) -> None:
+        agents = list(step)
+        observations, actions, rewards, terminateds = (list(column) for column in zip(*step.values()))
+        extras = [None if action is None else extra(reward) for action, reward in zip(actions, rewards)]
+        if plain:
+            ray_compat.add_plain_env_step(episode, agents, observations, actions, rewards, terminateds,
+                                          [False] * len(agents), extras)
+            return
+        acted = [agent for agent, action in zip(agents, actions) if action is not None]
+        episode.add_env_step(
+            observations=dict(zip(agents, observations)), actions={a: step[a][1] for a in acted},
+            rewards=dict(zip(agents, rewards)), infos={agent: {} for agent in agents},
+            terminateds=dict(zip(agents, terminateds)), truncateds=dict.fromkeys(agents, False),
+            extra_model_outputs={a: extras[agents.index(a)] for a in acted})
+
+    def state(episode: MultiAgentEpisode) -> dict:
+        found = episode.get_state()
+        for key in ("_start_time", "_last_step_time", "agent_to_module_mapping_fn"):
+            found.pop(key)
+        found["env_t_to_agent_t"] = {a: (list(b.data), b.lookback) for a, b in sorted(episode.env_t_to_agent_t.items())}
+        found["agent_episodes"] = {
+            agent: {k: v for k, v in sa.get_state().items() if k not in ("id_", "_start_time", "_last_step_time")}
+            | {"last_added": sa._last_added_observation, "last_infos": sa._last_added_infos}
+            for agent, sa in sorted(episode.agent_episodes.items())
+        }
+        for key in ("agent_t_started", "_hanging_rewards_begin", "_hanging_rewards_end", "_agent_to_module_mapping"):
+            found[key] = dict(sorted(found[key].items()))
+        return found
+
+    episodes = {}
+    for plain in (False, True):
+        episode = MultiAgentEpisode(id_="same", agent_to_module_mapping_fn=lambda agent, episode: f"module_{agent}")
+        episode.add_env_reset(observations={"a": obs(0), "b": obs(0)}, infos={"a": {}, "b": {}})
+        play(episode, plain, steps[0])
+        play(episode, plain, steps[1])
+        continuation = episode.cut(len_lookback_buffer=1)
+        play(continuation, plain, steps[2])
+        episodes[plain] = (episode, continuation)
+        assert episode.agent_episodes["c"].is_terminated and episode._start_time is not None
+    for stock, plain in zip(*episodes.values()):
+        np.testing.assert_equal(state(plain), state(stock))
+
+
 def test_failures_while_pending_recovered():
     """Tune recovers only a RUNNING trial; the block makes a PENDING one with retries left RUNNING
     first. Only a successful reset leaves `_resetting_trials`, and a trial in it is never given

@@ -18,7 +18,7 @@ from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import S3Endpoint, StorageError, parse_storage_uri
 from pbt_job.training.config import ConfigError, PBTConfig, load_config, parse_overrides
 from pbt_job.training.explore import explore_fixups, initial_space, pbt_mutations
-from pbt_job.training.model import GridPPOModule, default_conv_channels, default_hidden_sizes
+from pbt_job.training.model import GridPPOModule, PrepackedLogits, default_conv_channels, default_hidden_sizes
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn, slot_id
 from pbt_job.training.score import ENV_STEPS_KEY, REWARD_SUM_KEY, EpisodeReturnScore
 
@@ -228,6 +228,25 @@ def test_module_follows_the_spec_architecture():
     batch = {Columns.OBS: torch.zeros(5, 4, 9, 9)}
     assert module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS].shape == (5, 25)
     assert module.compute_values(batch).shape == (5,)
+
+
+@pytest.mark.parametrize(("window", "n_actions", "model_config"), [(7, 9, {}), (9, 25, {}), (5, 9, {"conv_channels": [8], "hidden_sizes": [32]})])
+def test_prepacked_logits_equal_the_modules_and_follow_its_weights_only_when_rebuilt(window, n_actions, model_config):
+    """The fast env runner's CPU inference: for any batch size the logits are `action_logits`'s up to float
+    rounding; a snapshot keeps the weights it was built from."""
+    torch.manual_seed(0)
+    module = GridPPOModule(observation_space=spaces.Box(0, 100, (4, window, window), np.float32),
+                           action_space=spaces.Discrete(n_actions), model_config=model_config)
+    prepacked = PrepackedLogits(module)
+    with torch.inference_mode():
+        for rows in (1, 3, 200):
+            obs = torch.rand(rows, 4, window, window) * 100 * (torch.rand(rows, 4, window, window) < 0.3)
+            torch.testing.assert_close(prepacked(obs), module.action_logits(obs), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        module._policy.bias += 1.0
+    with torch.inference_mode():
+        torch.testing.assert_close(prepacked(obs) + 1.0, module.action_logits(obs), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(PrepackedLogits(module)(obs), module.action_logits(obs), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("config", "cpus"), [("quick", 0.5), ("gpu", 1 + 4 * 1)])

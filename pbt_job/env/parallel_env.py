@@ -8,6 +8,7 @@ the five PettingZoo dicts.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,22 @@ from pbt_job.env.render import render_ansi
 from pbt_job.env.state import PREDATOR, PREY, GameState, ObservationWindows, SlotLayout, kind_role, kind_type
 
 OBS_HIGH = 100.0
+
+
+@dataclass
+class SlotStep:
+    """What one step reports, as arrays over the reported slots (ascending): the fast env runner's `step`."""
+
+    slots: np.ndarray  # int64: the slots with data this step (the living before it, and the newborns)
+    windows: dict[int, np.ndarray]  # per role: the observation windows of `slots` of that role, in slot order
+    rewards: np.ndarray  # float64 per slot
+    terminated: np.ndarray  # bool per slot
+    truncated: np.ndarray  # bool per slot
+
+    def only(self, keep: np.ndarray, roles: np.ndarray) -> SlotStep:
+        """This step for the slots where `keep` is true; `roles` holds each slot's role."""
+        windows = {role: rows[keep[roles == role]] for role, rows in self.windows.items()}
+        return SlotStep(self.slots[keep], windows, self.rewards[keep], self.terminated[keep], self.truncated[keep])
 
 
 def policy_of(agent_id: str) -> str:
@@ -112,6 +129,46 @@ class PredPreyGrassEnv(ParallelEnv):
         if cfg.quirk_truncate_after_last_step and state.step >= cfg.max_steps:
             return self._truncate_every_slot()
         acting, moves = self._acting(actions)
+        played = self._play(acting, moves)
+        ids = self._ids(played.slots)
+        terminated = dict(zip(ids, played.terminated.tolist()))
+        truncated = dict(zip(ids, played.truncated.tolist()))
+        reward = dict(zip(ids, played.rewards.tolist()))
+        return self._observe(played.slots), reward, terminated, truncated, {agent: {} for agent in ids}
+
+    def step_slots(self, slots: np.ndarray, moves: np.ndarray) -> SlotStep:
+        """`step` for callers that keep the agents as slot arrays (the fast env runner): no dicts.
+
+        Args:
+            slots: The acting slots, ascending (the order `step` moves agents in when its
+                dict is in slot order); each must be alive.
+            moves: One action per slot.
+        """
+        cfg, state = self.config, self.state
+        if state is None:
+            raise RuntimeError("call reset() before step_slots()")
+        if cfg.quirk_truncate_after_last_step and state.step >= cfg.max_steps:
+            live = state.alive_slots()
+            self.agents = []
+            return SlotStep(live, self.observe_slots(live), np.zeros(len(live)), np.zeros(len(live), dtype=bool),
+                            np.ones(len(live), dtype=bool))
+        slots, moves = np.asarray(slots, dtype=np.int64), np.asarray(moves, dtype=np.int64)
+        if not (state.alive[slots].all() and (np.diff(slots) > 0).all()):
+            raise ValueError(f"step_slots takes living slots in ascending order, got {slots.tolist()}")
+        n_moves = self.layout.move_range[slots] ** 2
+        if not ((moves >= 0) & (moves < n_moves)).all():
+            raise ValueError(f"moves {moves.tolist()} are outside the slots' Discrete({n_moves.tolist()})")
+        played = self._play(slots.tolist(), moves.tolist())
+        played.windows = self.observe_slots(played.slots)
+        return played
+
+    def observe_slots(self, slots: np.ndarray) -> dict[int, np.ndarray]:
+        """The observation windows of `slots` per role (`PREDATOR`, `PREY`), each role's rows in slot order."""
+        return self._windows.cut(self.state, slots)
+
+    def _play(self, acting: list[int], moves: list[int]) -> SlotStep:
+        """The rules of one step for the `acting` slots (in move order) and their moves; the windows are left to the caller."""
+        cfg, state = self.config, self.state
         before = state.alive_slots()
         rewards = np.zeros(len(self.possible_agents))
         acting_slots = np.array(acting, dtype=np.int64)
@@ -126,14 +183,15 @@ class PredPreyGrassEnv(ParallelEnv):
 
         over = rules.is_over(state)
         truncate = not cfg.quirk_truncate_after_last_step and state.step >= cfg.max_steps
-        reported = np.union1d(before, np.array(born, dtype=np.int64))
-        ids = self._ids(reported)
-        died = set(self._ids(dead))
-        terminated = {agent: over or agent in died for agent in ids}
-        truncated = {agent: truncate and not terminated[agent] for agent in ids}
-        reward = dict(zip(ids, rewards[reported].tolist()))
+        marked = np.zeros(len(self.possible_agents), dtype=bool)  # masks: np.union1d and np.isin cost more here
+        marked[before] = True
+        marked[born] = True
+        reported = np.flatnonzero(marked)
+        marked[:] = False
+        marked[dead] = True
+        terminated = marked[reported] | over
         self.agents = [] if over or truncate else self._ids(state.alive_slots())
-        return self._observe(reported), reward, terminated, truncated, {agent: {} for agent in ids}
+        return SlotStep(reported, {}, rewards[reported], terminated, truncate & ~terminated)
 
     def render(self) -> str | None:
         if self.render_mode == "ansi" and self.state is not None:

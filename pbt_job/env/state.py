@@ -178,5 +178,5 @@ class ObservationWindows:
             mine = slots[slot_roles == role]
             offset = self.pad - self.ranges[role] // 2
             cut = view[:, state.x[mine] + offset, state.y[mine] + offset]
-            windows[role] = np.ascontiguousarray(np.moveaxis(cut, 0, 1))
+            windows[role] = np.ascontiguousarray(cut.transpose(1, 0, 2, 3))  # channels after rows
         return windows

@@ -7,15 +7,20 @@ values per agent and step. On this game that bookkeeping cost ~25x the game itse
 
 `FastEnvRunner` keeps the stock runner's games (`num_envs_per_env_runner` of them),
 episodes, callbacks, metrics, state and checkpoints, and replaces only the sampling
-loop: at each step it stacks the living agents' observations of all its games per
-policy, runs each RLModule's `action_logits` once (what `forward_exploration` and
-`forward_inference` compute, under `torch.inference_mode` with one torch thread), draws
-the actions from the Categorical over the logits (argmax when not exploring), and
-records what PPO's learner reads
-(`action_dist_inputs`, and `action_logp` when exploring). Sample counts are logged
-once per `sample()` call instead of per agent step. The episodes it returns are
-RLlib's own `MultiAgentEpisode`s, one single-agent episode per life, so RLlib's
-Learner, GAE and episode metrics take them unchanged.
+loop, which keeps each game's agents as slot arrays: at each step it stacks the acting
+agents' observation windows of all its games per policy (the game cuts them per role in
+one gather, and a policy's rows are a block of its role's), runs each policy's
+`action_logits` once (what `forward_exploration` and `forward_inference` compute; on CPU
+through `PrepackedLogits`, under `torch.inference_mode` with one torch thread), draws the
+actions from the Categorical over the logits (argmax when not exploring), and steps each
+game with arrays (`RLlibPredPreyGrass.step_slots`). It records what PPO's learner reads
+(`action_dist_inputs`, and `action_logp` when exploring) with `add_plain_env_step`, which
+appends to the episode's buffers what RLlib's `add_env_step` would, without its per-step
+dicts and branches (an episode's last step, with its `__all__` flags, goes through
+`add_env_step` itself). Sample counts are logged once per `sample()` call instead of per
+agent step. The episodes it returns are RLlib's own `MultiAgentEpisode`s, one
+single-agent episode per life, so RLlib's Learner, GAE and episode metrics take them
+unchanged.
 
 Unlike the stock runner, a game whose episode ended is reset at once rather than
 on the next vector step; the episodes are the same (the same seeds: the first
@@ -25,7 +30,6 @@ reset of game `i` gets the runner's seed + `i`, later resets continue its genera
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,8 +48,11 @@ from ray.rllib.utils.metrics import (
     WEIGHTS_SEQ_NO,
 )
 
-from pbt_job.training.model import torch_threads
-from pbt_job.training.ray_compat import add_env_step_unchecked
+from pbt_job.env import KINDS
+from pbt_job.env.parallel_env import SlotStep
+from pbt_job.env.state import PREDATOR, PREY, SlotLayout, kind_role
+from pbt_job.training.model import inference_logits, torch_threads
+from pbt_job.training.ray_compat import add_env_step_unchecked, add_plain_env_step
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 
 def draw_actions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +90,7 @@ class FastEnvRunner(MultiAgentEnvRunner):
         done: list[MultiAgentEpisode] = []
         tally = _SampleTally()
         with torch_threads(1), torch.inference_mode():
+            self._logits = {module_id: inference_logits(self.module[module_id], self._device) for module_id in self.module.keys()}
             while (tally.episodes < num_episodes) if num_timesteps is None else (tally.env_steps < num_timesteps):
                 self._step_games(games, explore, done, tally)
         tally.log(self)
@@ -94,15 +102,20 @@ class FastEnvRunner(MultiAgentEnvRunner):
     def _reset_envs(self, episodes: list, shared_data: dict, explore: bool) -> None:
         """Reset every game and start its episode, without the env-to-module pipeline this loop does not use."""
         self._ongoing_episodes_for_metrics.clear()
-        self._policy_of: dict[str, str] = {}
         seed = self._seed if self._needs_initial_reset else None
-        self._acting = []
-        for index, game in enumerate(self._games()):
-            self._new_episode(index, episodes)
-            observations, infos = game.reset(seed=None if seed is None else seed + index)
-            episodes[index].add_env_reset(observations=observations, infos=infos)
-            self._acting.append(observations)
-            self._make_on_episode_callback("on_episode_start", index, episodes)
+        games = self._games()
+        self._acting: list[_Acting | None] = [None] * len(games)
+        for index, game in enumerate(games):
+            self._start_episode(index, game, episodes, seed=None if seed is None else seed + index)
+
+    def _start_episode(self, index: int, game: RLlibPredPreyGrass, episodes: list, seed: int | None = None) -> None:
+        """Reset game `index` into a new episode and note who acts first."""
+        self._new_episode(index, episodes)
+        observations, infos = game.reset(seed=seed)
+        episodes[index].add_env_reset(observations=observations, infos=infos)
+        living = game.game.state.alive_slots()
+        self._acting[index] = _Acting(living, game.game.observe_slots(living))
+        self._make_on_episode_callback("on_episode_start", index, episodes)
 
     def _games(self) -> list[RLlibPredPreyGrass]:
         return [env.unwrapped for env in self.env.envs]
@@ -110,24 +123,26 @@ class FastEnvRunner(MultiAgentEnvRunner):
     def _step_games(self, games: list[RLlibPredPreyGrass], explore: bool, done: list, tally: _SampleTally) -> None:
         """One step of every game: one forward pass per policy over all their living agents."""
         episodes = self._ongoing_episodes
-        actions, outputs = self._act(self._acting, explore)
+        layout = games[0].game.layout
+        moves, outputs = self._act(layout, explore)
+        seq_no = self._weights_seq_no
         for index, game in enumerate(games):
-            observations, rewards, terminateds, truncateds, infos = game.step(actions[index])
+            acting = self._acting[index]
+            played, lives, terminated, truncated = game.step_slots(acting.slots, moves[index])
+            logits, logp = outputs[index]
+            if logp is None:
+                extras = [{Columns.ACTION_DIST_INPUTS: row, WEIGHTS_SEQ_NO: seq_no} for row in logits]
+            else:
+                extras = [{Columns.ACTION_DIST_INPUTS: row, WEIGHTS_SEQ_NO: seq_no, Columns.ACTION_LOGP: p}
+                          for row, p in zip(logits, logp)]
+            columns = _step_columns(layout, acting, played, moves[index], extras)
             episode = episodes[index]
-            add_env_step_unchecked(
-                episode,
-                observations=observations,
-                actions=actions[index],
-                rewards=rewards,
-                infos=infos,
-                terminateds=terminateds,
-                truncateds=truncateds,
-                extra_model_outputs=outputs[index],
-            )
-            tally.count_step(observations)
-            self._acting[index] = {
-                agent: obs for agent, obs in observations.items() if not (terminateds[agent] or truncateds[agent])
-            }
+            if terminated or truncated:
+                add_env_step_unchecked(episode, **_as_dicts(lives, columns, terminated, truncated))
+            else:
+                add_plain_env_step(episode, lives, *columns)
+            tally.count_step(lives)
+            self._acting[index] = _Acting.after(played, layout)
             self._make_on_episode_callback("on_episode_step", index, episodes)
             if episode.is_done:
                 tally.episodes += 1
@@ -135,43 +150,35 @@ class FastEnvRunner(MultiAgentEnvRunner):
                 episode.validate()
                 self._prune_zero_len_sa_episodes(episode)
                 done.append(episode.to_numpy() if self.episodes_to_numpy else episode)
-                self._new_episode(index, episodes)
-                observations, infos = game.reset()
-                episodes[index].add_env_reset(observations=observations, infos=infos)
-                self._acting[index] = observations
-                self._make_on_episode_callback("on_episode_start", index, episodes)
+                self._start_episode(index, game, episodes)
 
-    def _act(self, acting: list[dict[str, np.ndarray]], explore: bool) -> tuple[list[dict], list[dict]]:
-        """Actions and extra model outputs per game and agent, from one forward pass per policy.
-
-        Args:
-            acting: Per game, the observations of the agents that act next (alive, not done).
-        """
-        rows: dict[str, list[tuple[int, str, np.ndarray]]] = {}
-        policy_of = self._policy_of
-        for index, observations in enumerate(acting):
-            for agent, obs in observations.items():
-                policy = policy_of.get(agent)
-                if policy is None:
-                    policy = policy_of[agent] = policy_mapping_fn(agent)
-                rows.setdefault(policy, []).append((index, agent, obs))
-        actions: list[dict] = [{} for _ in acting]
-        outputs: list[dict] = [{} for _ in acting]
-        seq_no = self._weights_seq_no
-        for module_id, members in rows.items():
-            obs = np.stack([obs for _, _, obs in members])
-            chosen, logits, logp = self._forward(module_id, obs, explore)
-            for row, (index, agent, _) in enumerate(members):
-                actions[index][agent] = chosen[row]
-                extra = {Columns.ACTION_DIST_INPUTS: logits[row], WEIGHTS_SEQ_NO: seq_no}
-                if logp is not None:
-                    extra[Columns.ACTION_LOGP] = logp[row]
-                outputs[index][agent] = extra
-        return actions, outputs
+    def _act(self, layout: SlotLayout, explore: bool) -> tuple[list[np.ndarray], list[tuple[list, list | None]]]:
+        """Per game, the moves of its acting slots and their logits and log-probabilities (None when not
+        exploring), in slot order, from one forward pass per policy over all games."""
+        blocks = [acting.blocks(layout) for acting in self._acting]
+        per_kind = {}
+        for kind in KINDS:
+            rows = [block[kind] for block in blocks if kind in block]
+            if rows:
+                per_kind[kind] = self._forward(kind, np.concatenate(rows) if len(rows) > 1 else rows[0], explore)
+        moves, outputs = [], []
+        start = dict.fromkeys(per_kind, 0)
+        for block in blocks:
+            chosen, logits, logp = [], [], []
+            for kind, rows in block.items():
+                begin, start[kind] = start[kind], start[kind] + len(rows)
+                kind_chosen, kind_logits, kind_logp = per_kind[kind]
+                chosen.append(kind_chosen[begin : start[kind]])
+                logits.extend(kind_logits[begin : start[kind]])
+                if kind_logp is not None:
+                    logp.extend(kind_logp[begin : start[kind]])
+            moves.append(np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64))
+            outputs.append((logits, logp if explore else None))
+        return moves, outputs
 
     def _forward(self, module_id: str, obs: np.ndarray, explore: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Actions, logits and (when exploring) log-probabilities for a batch of one policy's observations."""
-        logits = self.module[module_id].action_logits(torch.from_numpy(obs).to(self._device))
+        logits = self._logits[module_id](torch.from_numpy(obs).to(self._device))
         if not explore:
             return logits.argmax(-1).cpu().numpy(), logits.cpu().numpy(), None
         chosen, logp = draw_actions(logits)
@@ -192,6 +199,63 @@ class FastEnvRunner(MultiAgentEnvRunner):
         return chunks
 
 
+class _Acting:
+    """The agents of one game that act next: their slots (ascending) and observation windows per role
+    (each role's rows in slot order, as the game cuts them)."""
+
+    def __init__(self, slots: np.ndarray, windows: dict[int, np.ndarray]):
+        self.slots, self.windows = slots, windows
+
+    def blocks(self, layout: SlotLayout) -> dict[str, np.ndarray]:
+        """The windows per policy (agent kind), in slot order: a kind's slots are consecutive, so its rows
+        are a contiguous block of its role's windows."""
+        counts = np.bincount(layout.kind[self.slots], minlength=len(KINDS)).tolist()
+        start = {PREDATOR: 0, PREY: 0}
+        blocks = {}
+        for kind, count in zip(KINDS, counts):
+            if count:
+                role = kind_role(kind)
+                blocks[kind] = self.windows[role][start[role] : start[role] + count]
+                start[role] += count
+        return blocks
+
+    @staticmethod
+    def after(played: SlotStep, layout: SlotLayout) -> _Acting:
+        """Who acts after the step `played`: its agents that are not done."""
+        done = played.terminated | played.truncated
+        if done.any():
+            played = played.only(~done, layout.role[played.slots])
+        return _Acting(played.slots, played.windows)
+
+
+def _step_columns(layout: SlotLayout, acting: _Acting, played: SlotStep, moves: np.ndarray, extras: list[dict]) -> tuple[list, ...]:
+    """A step's observations, actions, rewards, terminated and truncated flags and extra model outputs, one entry
+    per reported slot (`add_plain_env_step`'s columns); a newborn has no action and no extra outputs."""
+    rows = {role: iter(windows) for role, windows in played.windows.items()}
+    observations = [next(rows[role]) for role in layout.role[played.slots].tolist()]
+    if len(acting.slots) == len(played.slots):
+        actions, outputs = list(moves), extras
+    else:
+        actions, outputs = [None] * len(played.slots), [None] * len(played.slots)
+        for position, action, extra in zip(np.searchsorted(played.slots, acting.slots).tolist(), moves, extras):
+            actions[position], outputs[position] = action, extra
+    return observations, actions, played.rewards.tolist(), played.terminated.tolist(), played.truncated.tolist(), outputs
+
+
+def _as_dicts(lives: list[str], columns: tuple[list, ...], terminated: bool, truncated: bool) -> dict[str, dict]:
+    """`_step_columns` as the dicts of `MultiAgentEpisode.add_env_step`, with the episode's `__all__` flags."""
+    observations, actions, rewards, terminateds, truncateds, extras = columns
+    return {
+        "observations": dict(zip(lives, observations)),
+        "actions": {life: action for life, action in zip(lives, actions) if action is not None},
+        "rewards": dict(zip(lives, rewards)),
+        "infos": {life: {} for life in lives},
+        "terminateds": {**dict(zip(lives, terminateds)), "__all__": terminated},
+        "truncateds": {**dict(zip(lives, truncateds)), "__all__": truncated},
+        "extra_model_outputs": {life: extra for life, extra in zip(lives, extras) if extra is not None},
+    }
+
+
 class _SampleTally:
     """Env, agent and module steps and finished episodes of one `sample()` call, logged once at its end."""
 
@@ -200,9 +264,9 @@ class _SampleTally:
         self.episodes = 0
         self.agent_steps: Counter[str] = Counter()
 
-    def count_step(self, observations: dict[str, Any]) -> None:
+    def count_step(self, lives: list[str]) -> None:
         self.env_steps += 1
-        self.agent_steps.update(observations.keys())
+        self.agent_steps.update(lives)
 
     def log(self, runner: FastEnvRunner) -> None:
         metrics = runner.metrics
