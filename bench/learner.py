@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--dropped", type=int, default=1, help="train batches sampled and dropped before the measured one")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    torch.manual_seed(args.seed)  # the initial weights and the sampled actions: the same batch each run
+    np.random.seed(args.seed)
     from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
     from pbt_job.training.algorithm import build_ppo_config
