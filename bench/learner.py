@@ -17,7 +17,9 @@ policies); each learner updates from copies of the same episodes `--repeats` tim
 Figures are wall and CPU seconds per update (median over the repeats) and the wall
 time's env-steps/s equivalent (2,000 / seconds). The trial reaches 2x the issue's 61
 env-steps/s (122) only if the learner takes at most ~14 s per iteration beside ~2 s of
-sampling at 1,000 env-steps/s; the floor says how close RLlib's update can get.
+sampling at 1,000 env-steps/s; the floor says how close RLlib's update can get. The batch
+differs from run to run (the sampled games are not reproducible yet: 50,000-57,000 agent
+steps, 160-250 minibatch updates): compare the figures of one run.
 
 Prints one JSON line.
 """
@@ -115,8 +117,6 @@ def main() -> None:
     parser.add_argument("--dropped", type=int, default=1, help="train batches sampled and dropped before the measured one")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(args.seed)  # the initial weights and the sampled actions: the same batch each run
-    np.random.seed(args.seed)
     from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
     from pbt_job.training.algorithm import build_ppo_config
