@@ -58,6 +58,7 @@ from pbt_job.result_keys import (
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, JobConfig
 from pbt_job.training.fast_env_runner import FastEnvRunner
+from pbt_job.training.learner import GridPPOLearner
 from pbt_job.training.model import module_spec
 from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr, trial_index
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
@@ -102,7 +103,10 @@ def build_ppo_config(job: JobConfig) -> PPOConfig:
             num_learners=res.num_learners,
             num_gpus_per_learner=res.num_gpus_per_learner,
             num_cpus_per_learner=res.num_cpus_per_trial if res.num_learners == 0 else "auto",
+            learner_class=GridPPOLearner,
         )
+        # GridPPOLearner checks the gradients for NaN/inf itself, once per update.
+        .framework(torch_skip_nan_gradients=True)
         .resources(num_cpus_for_main_process=res.num_cpus_per_trial)
         .training(
             lr=ppo.lr,
