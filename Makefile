@@ -29,7 +29,7 @@ test: install tools
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	@for script in bench/env_speed.py bench/sampling.py bench/pbt_overhead.py; do echo "# $$script"; $(PY) $$script; done
+	@for script in bench/env_speed.py bench/sampling.py bench/learner.py bench/pbt_overhead.py; do echo "# $$script"; $(PY) $$script; done
 
 bench-learning: install
 	$(PY) bench/learning.py
