@@ -24,7 +24,7 @@ from pbt_job.training.config import PBTConfig, load_config
 from pbt_job.training.explore import explore_fn, pbt_mutations
 from pbt_job.training.ray_compat import checkpoint_deletions_deferred
 from pbt_job.training.run import build_scheduler
-from pbt_job.training.scheduler import LineagePB2, LineagePBT
+from pbt_job.training.scheduler import PIN_COPY, LineagePB2, LineagePBT
 
 
 class StubTrial(SimpleNamespace):
@@ -182,7 +182,7 @@ def exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)
     """An exploit whose pin copy starts once the storage is down: copies run one at a time in
     exploit order, and the previous exploit's copy holds the copier until the outage begins."""
     previous_copy = threading.Event()
-    scheduler._pin_copier().submit(previous_copy.wait)
+    scheduler._write_soon(stub_trial("earlier_recipient"), PIN_COPY, previous_copy.wait)
     scheduler.exploit(None, recipient, donor, lambda: None)
     restartable_s3.stop()
     previous_copy.set()
@@ -200,7 +200,7 @@ def test_a_pin_copy_failed_by_an_outage_is_made_again_before_the_restore(schedul
         threading.Timer(3.0, restartable_s3.start).start()
         with caplog.at_level(logging.WARNING, logger="pbt_job.training.scheduler"):
             scheduler.before_restore(recipient)
-        assert "copying it again" in caplog.text, "the copy met the outage"
+        assert "the pin copy of recipient failed" in caplog.text, "the copy met the outage"
         assert pinned_files(recipient) == CHECKPOINT_FILES
         monkeypatch.setenv("PBT_JOB_STORAGE_RETRY_S", "2")
         exploit_copied_during_an_outage(scheduler, donor, recipient, restartable_s3)

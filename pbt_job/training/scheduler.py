@@ -29,8 +29,9 @@ waited, PBT paused every other trial reaching its perturbation point (Tune's PBT
 time-shares the cluster with waiting trials). Here the recipient is staged so
 that it restarts on its own actor (`PBTPPO.reset_config` takes the explored
 values in place), and a trial is not paused for a recipient that waits only for
-that restart. The pin is copied while the actor resets; the recipient's restore
-and the next experiment snapshot wait for the copy.
+that restart. The pin is copied, and the lineage line written, while the actor
+resets: the recipient's restore waits for the copy, the next experiment snapshot
+for both.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 PIN_DIR = "pinned"
 PIN_COPY_THREADS = 8
+PIN_COPY, LINEAGE_LINE = "pin copy", "lineage line"
 
 
 def _pin_dir(trial: Trial) -> str:
@@ -93,9 +95,9 @@ class _Lineage(PBTHooks):
         self.run_files = run_files
         self._pinned: dict[str, bool] = {}
         self._restarting: set[str] = set()
-        self._pin_copies: dict[str, tuple[concurrent.futures.Future, Callable[[], None]]] = {}
-        """Per recipient: its pin copy and lineage line being written, and the call that writes them."""
-        self._copier: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writes: dict[tuple[str, str], tuple[concurrent.futures.Future, Callable[[], None]]] = {}
+        """Per (recipient, what: `PIN_COPY` or `LINEAGE_LINE`): a write of its exploit in the background, and its call."""
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._random_states = random.Random(seed).getstate(), np.random.RandomState(seed).get_state()
 
     @contextlib.contextmanager
@@ -179,7 +181,7 @@ class _Lineage(PBTHooks):
         if not checkpoint_exists(donor_state.last_checkpoint) and not self._has_usable_checkpoint(trial_to_clone):
             self._record_skip(trial, f"donor {trial_to_clone.trial_id} has no checkpoint left on storage")
             return
-        self._settle_pin_copy(trial_to_clone.trial_id)  # a donor restored from a pin may donate it
+        self._settle((trial_to_clone.trial_id, PIN_COPY))  # a donor restored from a pin may donate it
         donor_checkpoint = donor_state.last_checkpoint
         decided_at = time.time()
         # Unique per exploit: a recipient restored to an older iteration can exploit the same
@@ -192,62 +194,60 @@ class _Lineage(PBTHooks):
         clone()
         self._restarting.add(trial.trial_id)
         mutated = pbt_mutated_keys(self)
-        pin_and_record = functools.partial(
-            self._pin_and_record,
-            donor_checkpoint,
+        self._write_soon(trial, PIN_COPY, functools.partial(self._copy_to_pin, donor_checkpoint, trial, pin_path))
+        self._write_soon(
             trial,
-            pin_path,
-            {
-                "event": "exploit",
-                "time": decided_at,
-                "iteration": iteration,
-                "recipient": trial.trial_id,
-                "donor": trial_to_clone.trial_id,
-                "donor_iteration": int(donor_state.last_result.get("training_iteration", 0)),
-                "donor_checkpoint": donor_checkpoint.path,
-                "pinned_checkpoint": pin_path,
-                "recipient_metric": pbt_score_sign(self) * recipient_state.last_score,
-                "donor_metric": pbt_score_sign(self) * donor_state.last_score,
-                "config_before": {yaml_name(k): before.get(k) for k in mutated},
-                "config_after": {yaml_name(k): trial.config.get(k) for k in mutated},
-            },
+            LINEAGE_LINE,
+            functools.partial(
+                self.run_files.record,
+                {
+                    "event": "exploit",
+                    "time": decided_at,
+                    "iteration": iteration,
+                    "recipient": trial.trial_id,
+                    "donor": trial_to_clone.trial_id,
+                    "donor_iteration": int(donor_state.last_result.get("training_iteration", 0)),
+                    "donor_checkpoint": donor_checkpoint.path,
+                    "pinned_checkpoint": pin_path,
+                    "recipient_metric": pbt_score_sign(self) * recipient_state.last_score,
+                    "donor_metric": pbt_score_sign(self) * donor_state.last_score,
+                    "config_before": {yaml_name(k): before.get(k) for k in mutated},
+                    "config_after": {yaml_name(k): trial.config.get(k) for k in mutated},
+                },
+            ),
         )
-        self._pin_copies[trial.trial_id] = (self._pin_copier().submit(pin_and_record), pin_and_record)
         self._restore_from_pin(trial, pin_path)
         self._remember(trial)
 
     def before_restore(self, trial: Trial) -> None:
-        self._settle_pin_copy(trial.trial_id)
+        self._settle((trial.trial_id, PIN_COPY))
 
     def before_snapshot(self) -> None:
-        for trial_id in list(self._pin_copies):
-            self._settle_pin_copy(trial_id)
+        for key in list(self._writes):
+            self._settle(key)
         self.run_files.flush_ledgers()
 
-    def _pin_copier(self) -> concurrent.futures.ThreadPoolExecutor:
-        """One thread: copies run in exploit order (made on first use: Tune pickles the scheduler before)."""
-        if self._copier is None:
-            self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pbt-job-pin-copy")
-        return self._copier
+    def _write_soon(self, trial: Trial, what: str, write: Callable[[], None]) -> None:
+        """Run an exploit's `write` off the controller's thread, after the writes queued before it
+        (lineage lines stay in decision order); `_settle` waits for it."""
+        if self._writer is None:  # made on first use: Tune pickles the scheduler before
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pbt-job-exploit-writes")
+        self._settle((trial.trial_id, what))  # the trial's previous exploit's, written by now
+        self._writes[(trial.trial_id, what)] = (self._writer.submit(write), write)
 
-    def _pin_and_record(self, donor_checkpoint: Checkpoint, trial: Trial, pin_path: str, event: dict[str, Any]) -> None:
-        """Copy the donor's checkpoint to the pin, then add the exploit to the lineage (both off the
-        controller's thread, one exploit after another: lines stay in decision order)."""
-        self._copy_to_pin(donor_checkpoint, trial, pin_path)
-        self.run_files.record(event)
-
-    def _settle_pin_copy(self, trial_id: str) -> None:
-        """Wait for the trial's pin copy and lineage line, if they are being written; a failed write
-        is made again, riding out a storage outage (`retry_storage`), or fails the run: the exploit
-        has happened and the recipient restores from the pin."""
-        future, pin_and_record = self._pin_copies.pop(trial_id, (None, None))
+    def _settle(self, key: tuple[str, str]) -> None:
+        """Wait for the write queued under `key` (trial id, what), if any; a failed write is made
+        again, riding out a storage outage (`retry_storage`), or fails the run: the exploit has
+        happened and the recipient restores from the pin."""
+        future, write = self._writes.pop(key, (None, None))
         if future is None:
             return
+        trial_id, what = key
         try:
             future.result()
         except OSError as err:
-            logger.warning("[exploit] copying the pin of %s failed (%s); copying it again", trial_id, err)
-            retry_storage(pin_and_record, f"copying the donor checkpoint of {trial_id}'s exploit")
+            logger.warning("[exploit] the %s of %s failed (%s); writing it again", what, trial_id, err)
+            retry_storage(write, f"writing the {what} of {trial_id}'s exploit")
 
     @staticmethod
     def _copy_to_pin(donor_checkpoint: Checkpoint, trial: Trial, pin_path: str) -> None:
