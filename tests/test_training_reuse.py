@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pyarrow.fs
 import pytest
+import torch
 from ray.rllib.connectors.learner.general_advantage_estimation import GeneralAdvantageEstimation
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint
 from ray.tune.search.sample import Domain
 
@@ -18,6 +20,7 @@ from pbt_job.result_keys import tune_key
 from pbt_job.run_folder import parse_lineage
 from pbt_job.storage import filesystem, parse_storage_uri, retries_so_far
 from pbt_job.training.algorithm import ENDED_AT_KEY, IN_PLACE_KEYS, PBTPPO, RESTORED_KEY, SEED_KEY, weights_digest
+from pbt_job.training import node_checkpoints
 from pbt_job.training.config import ConfigError, load_config
 from pbt_job.training.ray_compat import learner_connector
 from pbt_job.training.run import MODULES_IN_CHECKPOINT, param_space, train
@@ -205,3 +208,29 @@ def test_a_restore_rides_out_a_storage_outage(member, bucket, restartable_s3, mo
     algo.restore(Checkpoint(f"{bucket}/restore/checkpoint", filesystem=fs))
     assert retries_so_far() > retries, "the restore met the outage"
     assert weights_digest(algo.get_module(next(iter(algo.config.policies)))) == digest
+
+
+def test_a_pin_whose_source_this_node_kept_is_restored_without_a_download(member, bucket, tmp_path):
+    """A donor's process keeps its uploaded checkpoints on the node's disk; a recipient on the same
+    node restores a pin of one from there. The pin here does not exist in the bucket at all: only
+    the node's copy can serve it, and once that is gone the restore goes to storage (and fails)."""
+    algo, _ = member
+    policy = next(iter(algo.config.policies))
+    algo.save_to_path(str(tmp_path / "saved"))
+    digest = weights_digest(algo.get_module(policy))
+    donor_checkpoint = f"{bucket}/run/donor/checkpoint_000003"
+    kept = node_checkpoints.KeptCheckpoints()
+    kept.keep(str(tmp_path / "saved"), donor_checkpoint)
+    with torch.no_grad():
+        for parameter in algo.get_module(policy).parameters():
+            parameter.add_(1.0)
+    assert weights_digest(algo.get_module(policy)) != digest
+    fs = filesystem(parse_storage_uri(f"s3://{bucket}"))
+    pin = node_checkpoints.pin_name(f"{bucket}/run/recipient/pinned/iter_000002_from_donor_at_1", donor_checkpoint)
+    restore = _TrainingResult(checkpoint=Checkpoint(pin, filesystem=fs), metrics={"training_iteration": 3})
+    algo.restore(restore)
+    assert weights_digest(algo.get_module(policy)) == digest
+    kept.clear()
+    with pytest.raises(ValueError, match="does not exist on storage"):
+        algo.restore(restore)
+

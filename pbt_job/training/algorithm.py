@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
@@ -58,9 +59,17 @@ from pbt_job.result_keys import (
 from pbt_job.storage import retry_storage
 from pbt_job.training.config import MUTABLE, JobConfig
 from pbt_job.training.fast_env_runner import FastEnvRunner
+from pbt_job.training import node_checkpoints
 from pbt_job.training.learner import GridPPOLearner
 from pbt_job.training.model import module_spec
-from pbt_job.training.ray_compat import forget_synced_weights, learner_connector, reset_optimizer_lr, trial_index
+from pbt_job.training.ray_compat import (
+    forget_synced_weights,
+    learner_connector,
+    relocated,
+    reset_optimizer_lr,
+    restored_checkpoint_path,
+    trial_index,
+)
 from pbt_job.training.rllib_env import RLlibPredPreyGrass, policy_mapping_fn
 from pbt_job.training.score import EpisodeReturnScore, SampledRewardCallback
 
@@ -221,6 +230,7 @@ class PBTPPO(PPO):
         self._score = EpisodeReturnScore(max_steps=int(self.config.env_config.get("max_steps", 1000)))
         self._hyperparameters_after_restore: dict[str, Any] | None = None
         self._checkpoints_saved: list[list[float]] = []
+        self._kept_checkpoints = node_checkpoints.KeptCheckpoints()
         self._last_checkpoint_bytes = 0
         self._config_in_force: AlgorithmConfig = self.config  # Trainable.reset replaces self.config with the dict
         self._state_after_setup = self.get_state()
@@ -261,11 +271,14 @@ class PBTPPO(PPO):
         return saved
 
     def save(self, checkpoint_dir: str | None = None) -> Any:
-        """Save and persist a checkpoint; during a storage outage the upload is retried (see `retry_storage`)."""
+        """Save and persist a checkpoint; during a storage outage the upload is retried (see
+        `retry_storage`). An upload to remote storage stays on the node's disk (`node_checkpoints`)."""
         started = time.perf_counter()
         local_dir = checkpoint_dir or tempfile.mkdtemp(prefix="pbt-job-checkpoint-")
         try:
             saved = retry_storage(lambda: super(PBTPPO, self).save(local_dir), "persisting a checkpoint")
+            if checkpoint_dir is None and not isinstance(saved.checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+                self._kept_checkpoints.keep(local_dir, saved.checkpoint.path)
         finally:
             if checkpoint_dir is None:
                 shutil.rmtree(local_dir, ignore_errors=True)
@@ -273,10 +286,24 @@ class PBTPPO(PPO):
         return saved
 
     def restore(self, checkpoint_path: Any) -> None:
-        """Download and load a checkpoint; during a storage outage the download is retried (see
-        `retry_storage`): an exploit's recipient restores from its pin right after the decision, and
-        a failed restore fails the trial, which Tune answers by writing to the unreachable storage."""
+        """Load a checkpoint: an exploit's pin from the node's copy of the checkpoint it was copied from
+        when the donor ran on this node (`node_checkpoints`), else downloaded; during a storage outage
+        the download is retried (see `retry_storage`): an exploit's recipient restores from its pin
+        right after the decision, and a failed restore fails the trial, which Tune answers by writing
+        to the unreachable storage."""
+        path = restored_checkpoint_path(checkpoint_path)
+        source = node_checkpoints.source_on_this_node(path) if path else None
+        if source is not None:
+            try:
+                super().restore(relocated(checkpoint_path, str(source)))
+                return
+            except Exception as err:  # rotated out by its process meanwhile: download the pin
+                logger.info("[restore] this node's copy %s of %s failed (%s); downloading it", source, path, err)
         retry_storage(lambda: super(PBTPPO, self).restore(checkpoint_path), "restoring a checkpoint")
+
+    def cleanup(self) -> None:
+        self._kept_checkpoints.clear()
+        super().cleanup()
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         super().load_checkpoint(checkpoint_dir)

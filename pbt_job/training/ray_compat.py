@@ -177,6 +177,18 @@ def set_restore_checkpoint(trial: Any, checkpoint: Checkpoint) -> None:
     trial.run_metadata.invalidate_cache()
 
 
+def restored_checkpoint_path(checkpoint_result: Any) -> str | None:
+    """The storage path of the checkpoint Tune passes `Trainable.restore` (a `_TrainingResult`); None
+    for anything else (a path or `Checkpoint` given by hand)."""
+    return checkpoint_result.checkpoint.path if isinstance(checkpoint_result, _TrainingResult) else None
+
+
+def relocated(checkpoint_result: Any, local_dir: str) -> Any:
+    """The `_TrainingResult` Tune passed `Trainable.restore`, with its checkpoint's files read from
+    `local_dir` instead (its metrics, which restore the trial's counters, kept)."""
+    return _TrainingResult(checkpoint=Checkpoint(local_dir), metrics=checkpoint_result.metrics)
+
+
 def stage_for_restart(tune_controller: Any, trial: Any) -> None:
     """Stage a trial PBT is about to pause for an exploit: `TuneController._staged_trials`, `_actor_cache`.
 

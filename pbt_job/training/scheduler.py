@@ -55,6 +55,7 @@ from ray.tune.schedulers.pb2 import PB2
 from pbt_job.result_keys import yaml_name
 from pbt_job.run_folder import RunFiles
 from pbt_job.storage import retry_storage
+from pbt_job.training.node_checkpoints import pin_name
 from pbt_job.training.ray_compat import (
     PBTHooks,
     checkpoint_exists,
@@ -187,7 +188,10 @@ class _Lineage(PBTHooks):
         # Unique per exploit: a recipient restored to an older iteration can exploit the same
         # donor at the same iteration again, while another trial may still restore from (or a
         # lineage line name) the first pin: a pin is never overwritten.
-        pin_path = f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}_at_{decided_at * 1e6:.0f}"
+        pin_path = pin_name(
+            f"{_pin_dir(trial)}/iter_{iteration:06d}_from_{trial_to_clone.trial_id}_at_{decided_at * 1e6:.0f}",
+            donor_checkpoint.path,
+        )
         before = copy.deepcopy(trial.config)
         if trial.status != Trial.PAUSED:  # synchronous PBT pauses (and re-stages) its trials itself
             stage_for_restart(tune_controller, trial)
