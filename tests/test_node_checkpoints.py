@@ -50,3 +50,12 @@ def test_a_disk_that_takes_nothing_keeps_nothing_and_raises_nothing(tmp_path, mo
     monkeypatch.setattr(node_checkpoints, "ROOT", tmp_path / "file" / "node")
     node_checkpoints.KeptCheckpoints().keep(str(checkpoint_folder(tmp_path, "c1")), "bucket/run/donor/checkpoint_000001")
     assert node_checkpoints.source_on_this_node(node_checkpoints.pin_name("p", "bucket/run/donor/checkpoint_000001")) is None
+
+
+def test_a_folder_others_can_write_to_is_not_read(tmp_path, node_root):
+    """A kept checkpoint is unpickled when loaded: a folder another user could have filled is ignored."""
+    node_checkpoints.KeptCheckpoints().keep(str(checkpoint_folder(tmp_path, "c1")), "bucket/run/donor/checkpoint_000001")
+    pin = node_checkpoints.pin_name("p", "bucket/run/donor/checkpoint_000001")
+    assert node_checkpoints.source_on_this_node(pin) is not None
+    node_root.chmod(0o777)
+    assert node_checkpoints.source_on_this_node(pin) is None

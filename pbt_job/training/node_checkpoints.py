@@ -19,7 +19,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-ROOT = Path(tempfile.gettempdir()) / "pbt-job-node-checkpoints"
+ROOT = Path(tempfile.gettempdir()) / f"pbt-job-node-checkpoints-{os.getuid()}"
+"""Loading a checkpoint unpickles it: only a folder this user made, and no one else can write to, is read."""
 KEPT = 2
 _SOURCE = re.compile(r"_src_([0-9a-f]{24})$")
 
@@ -37,10 +38,18 @@ def pin_name(prefix: str, source_path: str) -> str:
 def source_on_this_node(pin_path: str) -> Path | None:
     """The node's kept copy of the checkpoint a pin was copied from, if it has one."""
     match = _SOURCE.search(pin_path.rstrip("/"))
-    if match is None:
+    if match is None or not _root_is_private():
         return None
     kept = ROOT / match.group(1)
     return kept if kept.is_dir() else None
+
+
+def _root_is_private() -> bool:
+    try:
+        status = ROOT.stat()
+    except OSError:
+        return False
+    return status.st_uid == os.getuid() and not status.st_mode & 0o022
 
 
 class KeptCheckpoints:
@@ -55,7 +64,7 @@ class KeptCheckpoints:
         target = ROOT / digest(storage_path)
         staged = ROOT / f".{target.name}.{uuid.uuid4().hex}"
         try:
-            ROOT.mkdir(parents=True, exist_ok=True)
+            ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
             shutil.move(local_dir, staged)
             os.rename(staged, target)
         except OSError:  # e.g. already kept (the same checkpoint saved again): the copy there stays
