@@ -12,6 +12,9 @@ all through `pbt_job.training.run.train` (the job a user runs):
    Overhead = 1 - (1) / (2); target <= 5%. Both over the whole run and over the
    part where every trial trains (until the first trial stops: per-trial time
    budgets leave a tail of fewer trials, of varying length, at the end).
+   `--rounds` pairs of runs 1 and 2, in alternating order (1 2, 2 1, ...), so that a
+   drift of the machine's speed during the benchmark falls on both; the overhead is
+   taken from their sums, and each pair's is printed too.
 3. Run 1 again on an S3 server (moto on 127.0.0.1).
 
 Per exploit (runs 1 and 3): the recipient's gap, from the exploit decision
@@ -19,7 +22,9 @@ Per exploit (runs 1 and 3): the recipient's gap, from the exploit decision
 of its first result after it), minus that iteration's own time: what an exploit
 costs beyond training. Targets: <= 1 s on local storage, <= 2 s through S3.
 Also: each run's share of trial time spent training (sum of iteration times /
-trials x wall time).
+trials x wall time), and its agent steps per second: an env step is not a fixed amount
+of work in this game (each living agent is one forward pass and one sample for the
+learner), and populations that learned differently keep different numbers alive.
 
 Prints one JSON line.
 """
@@ -42,6 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"overhead_max": 0.05, "exploit_gap_local_s_max": 1.0, "exploit_gap_s3_s_max": 2.0}
 NEVER = 10**6
 """A perturbation interval no trial reaches."""
+PER_RUN_ONLY = ("exploit_gaps_s", "env_steps_all_running", "all_running_s")
+"""A run's raw figures, summed or pooled over runs and not printed themselves."""
 
 
 def machine() -> dict:
@@ -99,15 +106,18 @@ def run(name: str, storage: str, seconds: float, interval: int) -> dict:
     agent_steps = sum(sum((e.get("num_module_steps_sampled") or {}).values()) for e in sampled)
     return {
         "env_steps": steps, "wall_s": round(wall, 1), "env_steps_per_s": round(steps / wall, 2),
+        "agent_steps": agent_steps, "agent_steps_per_s": round(agent_steps / wall, 2),
         # Iteration speed itself: it follows how many agents the policies keep alive (agent steps per
         # env step), which differs between populations that learned differently.
         "env_steps_per_training_s": round(sum(e["num_env_steps_sampled"] for e in sampled) / trained, 2),
         "agent_steps_per_env_step": round(agent_steps / sum(e["num_env_steps_sampled"] for e in sampled), 2),
         "env_steps_per_s_all_running": round(steps_all_running / (all_running_until - started_at), 2),
+        "env_steps_all_running": steps_all_running, "all_running_s": round(all_running_until - started_at, 1),
         "exploits": outcome.summary["exploits"], "skipped_exploits": outcome.summary["skipped_exploits"],
         "errors": outcome.errors, "actors": len({r["pid"] for lines in results.values() for r in lines}),
         "training_share": round(trained / (len(results) * wall), 3),
         "exploit_gap_s": _spread(gaps) if gaps else None,
+        "exploit_gaps_s": [round(gap, 3) for gap in gaps],
     }
 
 
@@ -141,6 +151,30 @@ def s3_server():
         server.wait()
 
 
+def _summed(runs: list[dict]) -> dict:
+    """Several runs of one kind as one: rates over their summed time, exploit gaps pooled, one entry per run for the rest."""
+    gaps = [gap for r in runs for gap in r["exploit_gaps_s"]]
+    wall = sum(r["wall_s"] for r in runs)
+    return {
+        "env_steps": sum(r["env_steps"] for r in runs), "wall_s": round(wall, 1),
+        "env_steps_per_s": round(sum(r["env_steps"] for r in runs) / wall, 2),
+        "agent_steps_per_s": round(sum(r["agent_steps"] for r in runs) / wall, 2),
+        "env_steps_per_s_all_running": round(sum(r["env_steps_all_running"] for r in runs)
+                                             / sum(r["all_running_s"] for r in runs), 2),
+        "training_share": round(sum(r["training_share"] * r["wall_s"] for r in runs) / wall, 3),
+        "exploit_gap_s": _spread(gaps) if gaps else None,
+        "runs": [_shown(r) for r in runs],
+    }
+
+
+def _shown(run: dict) -> dict:
+    return {key: value for key, value in run.items() if key not in PER_RUN_ONLY}
+
+
+def _overhead(pbt: dict, plain: dict, figure: str) -> float:
+    return round(1 - pbt[figure] / plain[figure], 4)
+
+
 def _spread(seconds: list[float]) -> dict[str, float]:
     return {"n": len(seconds), "mean_s": round(sum(seconds) / len(seconds), 3), "min_s": round(min(seconds), 3),
             "max_s": round(max(seconds), 3)}
@@ -150,25 +184,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="training time per trial")
     parser.add_argument("--interval", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs with and without perturbation")
     args = parser.parse_args()
 
     with s3_server() as s3_storage:  # started before Ray so that trial processes inherit the variables
         import ray
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        pairs = []
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):  # Tune prints tables
-            pbt = run("pbt", tmp, args.seconds, args.interval)
-            plain = run("plain", tmp, args.seconds, NEVER)
+            for number in range(args.rounds):
+                order = [("pbt", args.interval), ("plain", NEVER)]
+                pair = {name: run(f"{name}_{number}", tmp, args.seconds, interval)
+                        for name, interval in (order if number % 2 == 0 else order[::-1])}
+                pairs.append((pair["pbt"], pair["plain"]))
             pbt_s3 = run("pbt", s3_storage, args.seconds, args.interval)
+    pbt, plain = (_summed([pair[side] for pair in pairs]) for side in (0, 1))
     figures = {
         "benchmark": "pbt_overhead",
         "settings": {**vars(args), "config": "configs/quick.yaml"},
         "pbt": pbt,
         "no_perturbation": plain,
-        "pbt_s3": pbt_s3,
-        "overhead": round(1 - pbt["env_steps_per_s"] / plain["env_steps_per_s"], 4),
-        "overhead_all_running": round(1 - pbt["env_steps_per_s_all_running"] / plain["env_steps_per_s_all_running"], 4),
-        "overhead_training_share": round(1 - pbt["training_share"] / plain["training_share"], 4),
+        "pbt_s3": _shown(pbt_s3),
+        "overhead": _overhead(pbt, plain, "env_steps_per_s"),
+        "overhead_per_round": [_overhead(*pair, "env_steps_per_s") for pair in pairs],
+        "overhead_all_running": _overhead(pbt, plain, "env_steps_per_s_all_running"),
+        "overhead_agent_steps": _overhead(pbt, plain, "agent_steps_per_s"),
+        "overhead_training_share": _overhead(pbt, plain, "training_share"),
         "targets": TARGETS,
         "machine": machine(),
     }
