@@ -198,6 +198,10 @@ class _Lineage(PBTHooks):
         clone()
         self._restarting.add(trial.trial_id)
         mutated = pbt_mutated_keys(self)
+        # Older pins go before the new one is queued: listing a folder while a copy makes it fails
+        # (pyarrow lists, finds no folder, then finds one and reports the first error).
+        self._settle((trial.trial_id, PIN_COPY))
+        self._delete_pins(trial)
         self._write_soon(trial, PIN_COPY, functools.partial(self._copy_to_pin, donor_checkpoint, trial, pin_path))
         self._write_soon(
             trial,
@@ -273,9 +277,8 @@ class _Lineage(PBTHooks):
             list(pool.map(fs.copy_file, targets, targets.values()))
 
     def _restore_from_pin(self, trial: Trial, pin_path: str) -> None:
-        """Point the recipient's restore at its pinned copy and drop older pins."""
+        """Point the recipient's restore at its pinned copy."""
         set_restore_checkpoint(trial, Checkpoint(pin_path, filesystem=trial.storage.storage_filesystem))
-        self._delete_pins(trial, keep=pin_path)
         self._pinned[trial.trial_id] = True
         logger.info("[exploit] %s restores from its pinned copy %s", trial, pin_path)
 
@@ -289,14 +292,12 @@ class _Lineage(PBTHooks):
             self._pinned[trial.trial_id] = False
 
     @staticmethod
-    def _delete_pins(trial: Trial, keep: str | None = None) -> None:
-        """Delete the trial's pins but `keep` once an experiment snapshot no longer names them."""
+    def _delete_pins(trial: Trial) -> None:
+        """Delete the trial's pins once an experiment snapshot no longer names them."""
         fs = trial.storage.storage_filesystem
-        selector = pyarrow.fs.FileSelector(_pin_dir(trial), allow_not_found=True)
-        for info in fs.get_file_info(selector):
-            if info.path.rstrip("/") != keep:
-                defer_deletion(fs, info.path.rstrip("/"))
-                logger.debug("[checkpoint] releasing pin of %s: %s", trial, info.path)
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(_pin_dir(trial), allow_not_found=True)):
+            defer_deletion(fs, info.path.rstrip("/"))
+            logger.debug("[checkpoint] releasing pin of %s: %s", trial, info.path)
 
     def _record_skip(self, trial: Trial, reason: str) -> None:
         state = pbt_trial_state(self, trial)
