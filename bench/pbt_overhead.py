@@ -116,8 +116,7 @@ def run(name: str, storage: str, seconds: float, interval: int) -> dict:
         "exploits": outcome.summary["exploits"], "skipped_exploits": outcome.summary["skipped_exploits"],
         "errors": outcome.errors, "actors": len({r["pid"] for lines in results.values() for r in lines}),
         "training_share": round(trained / (len(results) * wall), 3),
-        "exploit_gap_s": _spread(gaps) if gaps else None,
-        "exploit_gaps_s": [round(gap, 3) for gap in gaps],
+        "exploit_gaps_s": gaps,
     }
 
 
@@ -153,29 +152,31 @@ def s3_server():
 
 def _summed(runs: list[dict]) -> dict:
     """Several runs of one kind as one: rates over their summed time, exploit gaps pooled, one entry per run for the rest."""
-    gaps = [gap for r in runs for gap in r["exploit_gaps_s"]]
-    wall = sum(r["wall_s"] for r in runs)
+    env_steps, wall = sum(r["env_steps"] for r in runs), sum(r["wall_s"] for r in runs)
     return {
-        "env_steps": sum(r["env_steps"] for r in runs), "wall_s": round(wall, 1),
-        "env_steps_per_s": round(sum(r["env_steps"] for r in runs) / wall, 2),
+        "env_steps": env_steps, "wall_s": round(wall, 1), "env_steps_per_s": round(env_steps / wall, 2),
         "agent_steps_per_s": round(sum(r["agent_steps"] for r in runs) / wall, 2),
         "env_steps_per_s_all_running": round(sum(r["env_steps_all_running"] for r in runs)
                                              / sum(r["all_running_s"] for r in runs), 2),
         "training_share": round(sum(r["training_share"] * r["wall_s"] for r in runs) / wall, 3),
-        "exploit_gap_s": _spread(gaps) if gaps else None,
+        "exploit_gap_s": _spread([gap for r in runs for gap in r["exploit_gaps_s"]]),
         "runs": [_shown(r) for r in runs],
     }
 
 
 def _shown(run: dict) -> dict:
-    return {key: value for key, value in run.items() if key not in PER_RUN_ONLY}
+    """A run as printed: its exploit gaps as their spread, without the raw figures."""
+    shown = {key: value for key, value in run.items() if key not in PER_RUN_ONLY}
+    return shown | {"exploit_gap_s": _spread(run["exploit_gaps_s"])}
 
 
 def _overhead(pbt: dict, plain: dict, figure: str) -> float:
     return round(1 - pbt[figure] / plain[figure], 4)
 
 
-def _spread(seconds: list[float]) -> dict[str, float]:
+def _spread(seconds: list[float]) -> dict[str, float] | None:
+    if not seconds:
+        return None
     return {"n": len(seconds), "mean_s": round(sum(seconds) / len(seconds), 3), "min_s": round(min(seconds), 3),
             "max_s": round(max(seconds), 3)}
 

@@ -16,7 +16,7 @@ from functools import partial
 import pyarrow.fs
 import pytest
 
-from grafana import ALL, Dashboard, DashboardError, format_value, seconds
+from grafana import ALL, Dashboard, DashboardError, format_value
 from pbt_job import metrics
 from pbt_job.run_folder import RunFiles
 from pbt_job.storage import parse_storage_uri
@@ -49,7 +49,7 @@ def test_every_dashboard_query_parses_and_shows_a_run_with_exploits(ray_start_2_
         prometheus.wait_scraped_after(time.time())
         started = time.time()
         outcome = train(job, parse_storage_uri(str(tmp_path)), "run", resume="never")
-        looked_at = time.time() + longest_min_step(model, prometheus.scrape_interval_s) + 2 * prometheus.scrape_interval_s
+        looked_at = time.time() + longest_step(model, prometheus, started) + 2 * prometheus.scrape_interval_s
         prometheus.wait_scraped_after(looked_at, timeout_s=looked_at - time.time() + 30)
         failures, sent = dashboard_failures(model, prometheus, started, time.time())
     assert outcome.errors == 0
@@ -59,16 +59,15 @@ def test_every_dashboard_query_parses_and_shows_a_run_with_exploits(ray_start_2_
     assert not failures, "\n".join(failures)
 
 
-def longest_min_step(model: dict, scrape_interval_s: float) -> float:
-    """The longest minimum step of the dashboard's queries (an annotation's `step`, a panel's `interval`).
+def longest_step(model: dict, prometheus: PrometheusServer, start: float) -> float:
+    """The longest step among the dashboard's queries over the run so far (a 15 s annotation's, today).
 
     Grafana rounds a query's end down to a multiple of its step, so the dashboard is looked
     at this long after the run: an exploit in the run's last seconds then falls before the
-    last point of a 15 s annotation query, as it does for a user who opens it a little later.
+    last point of every query, as it does for a user who opens it a little later.
     """
-    steps = [item.get("step") for item in model["annotations"]["list"]]
-    steps += [item.get("interval") for panel in model["panels"] for item in (panel, *panel.get("targets", []))]
-    return max([scrape_interval_s] + [seconds(step) for step in steps if step])
+    dashboard = Dashboard(model, prometheus.api, start, time.time(), prometheus.scrape_interval_s)
+    return max(request.step for request in dashboard.requests())
 
 
 def dashboard_failures(model: dict, prometheus: PrometheusServer, start: float, end: float) -> tuple[list[str], int]:
